@@ -1,0 +1,91 @@
+import json
+
+import pytest
+
+from tvcall.data.lexicon import lexicon_values
+from tvcall.data.record import read_jsonl, write_atomic, write_jsonl
+from tvcall.data.synth import SynthConfig, build_splits, kind_templates, templates_for
+from tvcall.errors import InputError
+
+CONFIG = SynthConfig(seed=3, train_size=1500, dev_size=100, test_size=300)
+
+
+@pytest.fixture(scope="module")
+def splits(registry):
+    return build_splits(registry, CONFIG)
+
+
+def test_synthesis_is_deterministic_by_seed(registry, splits):
+    again = build_splits(registry, CONFIG)
+    assert [r.model_dump() for r in again["test"]] == [r.model_dump() for r in splits["test"]]
+    other = build_splits(registry, SynthConfig(seed=4, train_size=50, dev_size=10, test_size=10))
+    assert [r.text for r in other["train"]] != [r.text for r in splits["train"][:50]]
+
+
+def test_every_argument_from_the_utterance_has_its_span(registry, splits):
+    for record in splits["train"] + splits["test"]:
+        if record.function is None:
+            continue
+        spec = registry[record.function]
+        assert set(record.arguments) == {s.slot for s in record.spans}
+        for span in record.spans:
+            said = record.text[span.start:span.end]
+            value = record.arguments[span.slot]
+            if spec.properties[span.slot].get("type") == "string" and "enum" not in spec.properties[span.slot]:
+                assert said == value
+
+
+def test_chinese_numerals_are_normalised_with_their_span(splits):
+    numeral = [r for r in splits["train"] if r.lang == "zh" and any(isinstance(v, int) and not isinstance(v, bool)
+               and r.span_text(k) != str(v) for k, v in r.arguments.items())]
+    assert numeral, "expected Chinese numerals such as 二十 → 20"
+
+
+def test_test_phrasings_and_string_values_never_occur_in_training(registry, splits):
+    train_texts = {r.text for r in splits["train"]}
+    assert not train_texts & {r.text for r in splits["test"]}
+    for lexicon in ("movie_title", "app_name", "city"):
+        for lang in ("zh", "en"):
+            assert not set(lexicon_values(lexicon, lang, "train")) & set(lexicon_values(lexicon, lang, "test"))
+    for kind, actions in kind_templates().items():
+        for action, by_split in actions.items():
+            for lang in ("zh", "en"):
+                assert not set(by_split["train"][lang]) & set(by_split["test"][lang]), (kind, action, lang)
+    spec = registry["picture.screen.capture"]
+    assert not set(templates_for(spec, "en", "train")) & set(templates_for(spec, "en", "test"))
+
+
+def test_about_five_percent_out_of_scope_and_many_functions(splits):
+    test = splits["test"]
+    share = sum(r.function is None for r in test) / len(test)
+    assert 0.01 <= share <= 0.12
+    assert len({r.function for r in test}) > 200
+    assert {r.lang for r in test} == {"zh", "en"}
+
+
+def test_malformed_dataset_line_names_file_line_and_field(tmp_path, splits):
+    path = tmp_path / "bad.jsonl"
+    good = json.dumps(splits["train"][0].model_dump(), ensure_ascii=False)
+    bad = json.loads(good) | {"spans": [{"slot": "x", "start": 0, "end": 999}]}
+    path.write_text(good + "\n" + "{not json\n")
+    with pytest.raises(InputError, match=r"bad.jsonl:2: json"):
+        list(read_jsonl(path))
+    path.write_text(good + "\n" + json.dumps({k: v for k, v in bad.items() if k != "lang"}) + "\n")
+    with pytest.raises(InputError, match=r"bad.jsonl:2: lang: Field required"):
+        list(read_jsonl(path))
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, splits):
+    path = tmp_path / "train.jsonl"
+    write_jsonl(path, splits["train"][:3])
+    before = path.read_text()
+
+    def broken():
+        yield splits["train"][0]
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(path, broken())
+    assert path.read_text() == before
+    write_atomic(path, "x\n")
+    assert path.read_text() == "x\n" and len(list(tmp_path.iterdir())) == 1

@@ -1,0 +1,41 @@
+import pytest
+
+from tvcall.data.record import Record, Span
+from tvcall.eval.metrics import Prediction, score
+
+
+def _rec(text, function, arguments, spans):
+    return Record(id="t", text=text, lang="en" if text.isascii() else "zh", function=function, arguments=arguments,
+                  spans=[Span(slot=s, start=a, end=b) for s, a, b in spans])
+
+
+def _pred(name, arguments):
+    raw = '{"name": null}' if name is None else '{"name": "x", "arguments": {}}'
+    return Prediction(name=name, arguments=arguments, raw=raw, valid=True, latency_ms=10.0)
+
+
+def test_scores_function_slots_exact_match_and_out_of_scope(registry):
+    records = [
+        _rec("把亮度调到二十", "picture.brightness.set", {"value": 20}, [("value", 5, 7)]),
+        _rec("who directed Inception", "media.movie.query_director", {"title": "Inception"}, [("title", 13, 22)]),
+        _rec("write me a poem", None, {}, []),
+        _rec("set brightness to 30", "picture.brightness.set", {"value": 30}, [("value", 18, 20)]),
+    ]
+    preds = [
+        _pred("picture.brightness.set", {"value": 20}),       # right: value normalised, gold span reused
+        _pred("media.movie.query_director", {"title": "Inception"}),
+        _pred(None, {}),
+        _pred("picture.brightness.set", {"value": 31}),       # wrong value, not in the text: FP and FN
+    ]
+    m = score(records, preds, registry)
+    assert m["function_accuracy"] == 1.0
+    assert m["exact_match"] == 0.75
+    assert m["slot_precision"] == pytest.approx(2 / 3) and m["slot_recall"] == pytest.approx(2 / 3)
+    assert m["oos_precision"] == 1.0 and m["oos_recall"] == 1.0
+    assert m["json_valid_rate"] == 1.0 and m["latency_ms_p50"] == 10.0
+
+
+def test_wrong_value_found_elsewhere_in_text_is_a_located_false_positive(registry):
+    records = [_rec("play Inception after Up", "media.movie.query_director", {"title": "Inception"}, [("title", 5, 14)])]
+    m = score(records, [_pred("media.movie.query_director", {"title": "Up"})], registry)
+    assert m["slot_f1"] == 0.0 and m["function_accuracy"] == 1.0 and m["exact_match"] == 0.0

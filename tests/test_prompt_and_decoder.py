@@ -1,0 +1,83 @@
+import torch
+
+from tvcall.app.decoder import ConstrainedDecoder, utterance_spans
+from tvcall.app.engine import TransformersEngine
+from tvcall.data import prompt as P
+from tvcall.data.synth import SynthConfig, build_splits
+from tvcall.functions.validate import call_errors
+
+
+def test_prompt_uses_the_models_chat_template(tokenizer):
+    ids = P.prompt_ids(tokenizer, "把音量调到20")
+    text = tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
+    assert "把音量调到20" in text
+
+
+def test_training_example_masks_the_prompt_and_ends_with_eos(tokenizer):
+    example = P.training_example(tokenizer, "turn up the volume", "sound.volume.increase", {})
+    prompt = P.prompt_ids(tokenizer, "turn up the volume")
+    assert example["input_ids"][: len(prompt)] == prompt
+    assert example["completion_mask"] == [0] * len(prompt) + [1] * (len(example["input_ids"]) - len(prompt))
+    assert example["input_ids"][-1] == tokenizer.eos_token_id
+    answer = tokenizer.decode(example["input_ids"][len(prompt):-1])
+    assert answer == '{"name": "sound.volume.increase", "arguments": {}}'
+
+
+def test_copy_spans_do_not_cut_words():
+    spans = utterance_spans("play Doom 3 now")
+    assert "Doom 3" in spans and "play" in spans
+    assert "Doo" not in spans and "m 3" not in spans and " now" not in spans
+    assert "霸王别姬" in utterance_spans("霸王别姬的导演是谁")
+
+
+class _Teacher:
+    """Scores the gold answer's next token highest: walks the decoder along a known token sequence."""
+
+    def __init__(self, target: list[int], vocab: int) -> None:
+        self.target, self.vocab, self.position = target, vocab, 0
+
+    def __call__(self, tokens, cache):
+        self.position += len(tokens)
+        logits = torch.zeros(self.vocab)
+        answer_pos = self.position - self.prompt_len
+        if 0 <= answer_pos < len(self.target):
+            logits[self.target[answer_pos]] = 10.0
+        return logits, None
+
+
+def test_decoder_walks_exactly_the_training_tokens(registry, tokenizer):
+    """The segments the decoder feeds and chooses are the token ids the model was trained on."""
+    records = build_splits(registry, SynthConfig(seed=5, train_size=60, dev_size=5, test_size=5))["train"]
+    decoder = ConstrainedDecoder(model=None, tokenizer=tokenizer, registry=registry)
+    for record in records:
+        prompt = P.prompt_ids(tokenizer, record.text)
+        target = P.answer_ids(tokenizer, record.function, record.arguments)[:-1]
+        teacher = _Teacher(target, len(tokenizer))
+        teacher.prompt_len = len(prompt)
+        decoder._forward = teacher
+        decoded = decoder.decode(record.text)
+        assert (decoded.name, decoded.arguments) == (record.function, record.arguments), record.text
+
+
+def test_constrained_decode_with_the_real_model_always_gives_valid_calls(registry, tokenizer, base_model):
+    engine = TransformersEngine(base_model, tokenizer, registry)
+    texts = ["把音量调到20", "霸王别姬的导演是谁", "switch to HDMI 2", "set a sleep timer for 30 minutes", "write me a poem"]
+    for text in texts:
+        result = engine.route(text)
+        assert result.valid, result.errors
+        assert result.name is None or result.name in registry
+        for key, value in result.arguments.items():
+            schema = registry[result.name].properties[key]
+            if schema["type"] == "string" and "enum" not in schema:
+                assert value in text  # the copy constraint
+            if schema["type"] == "integer":
+                assert schema["minimum"] <= value <= schema["maximum"]
+        assert result.raw == P.answer_text(result.name, result.arguments)
+
+
+def test_post_decoding_validation_catches_out_of_bounds_integers(registry):
+    assert call_errors(registry, "picture.brightness.set", {"value": 50}) == []
+    assert call_errors(registry, "picture.brightness.set", {"value": 1000})
+    assert call_errors(registry, "picture.brightness.set", {})
+    assert call_errors(registry, "no.such.function", {})

@@ -1,0 +1,159 @@
+"""`tvcall`: one subcommand per stage (registry, data, train, eval, route)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tvcall.errors import InputError
+
+DEFAULT_DATA = "runs/data"
+DEFAULT_RUN = "runs/cpu-default"
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=1))
+
+
+def cmd_registry(args: argparse.Namespace) -> None:
+    from tvcall.functions.registry import load_registry
+
+    registry = load_registry(Path(args.catalog)) if args.catalog else load_registry()
+    if args.action == "stats":
+        stats = registry.stats()
+        if args.json:
+            print(json.dumps(stats, ensure_ascii=False))
+        else:
+            print(f"{stats['functions']} functions in {len(stats['domains'])} domains")
+            for domain, count in stats["domains"].items():
+                print(f"  {domain:<14} {count}")
+            print(f"risk levels: {registry.risk_counts()}")
+    elif args.action == "validate":
+        print(f"ok: {len(registry)} functions")
+    elif args.action == "tools":
+        _print_json(registry.openai_tools(args.lang, args.domain))
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from tvcall.data.record import read_jsonl
+
+    if args.action == "synth":
+        from tvcall.data.splits import write_splits
+        from tvcall.data.synth import SynthConfig
+        from tvcall.functions.registry import default_registry
+
+        config = SynthConfig(seed=args.seed, train_size=args.train_size, dev_size=args.dev_size, test_size=args.test_size)
+        manifest = write_splits(default_registry(), config, Path(args.out))
+        _print_json(manifest["files"])
+        print(Path(args.out) / "manifest.json")
+    elif args.action == "validate":
+        count = sum(1 for _ in read_jsonl(Path(args.path)))
+        print(f"ok: {count} records")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from tvcall.training.config import load_config
+    from tvcall.training.train import train
+
+    overrides = list(args.set or [])
+    if args.data:
+        overrides.append(f"data_dir={args.data}")
+    if args.out:
+        overrides.append(f"output_dir={args.out}")
+    run_dir = train(load_config(args.config, overrides))
+    print(run_dir)
+
+
+def _engine(run: str, threads: int | None):  # noqa: ANN202 - lazy import keeps `--help` fast
+    from tvcall.app.engine import TransformersEngine, set_threads
+
+    set_threads(threads)
+    return TransformersEngine.from_run(Path(run))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from tvcall.data.splits import read_manifest, read_split
+    from tvcall.eval.runner import evaluate
+
+    records = read_split(Path(args.data), args.split)
+    if args.limit:
+        records = records[: args.limit]
+    engine = _engine(args.run, args.threads)
+    meta = {"run": args.run, "split": args.split, "data_version": read_manifest(Path(args.data))["version"]}
+    path = evaluate(engine, records, Path(args.out or Path(args.run) / f"eval-{args.split}"), meta)
+    print((path.parent / "report.md").read_text())
+    print(path)
+
+
+def cmd_route(args: argparse.Namespace) -> None:
+    engine = _engine(args.run, args.threads)
+    texts = args.text or [line.strip() for line in sys.stdin if line.strip()]
+    for text in texts:
+        result = engine.route(text)
+        out = result.call()
+        if args.verbose:
+            out |= {"confidence": round(result.confidence, 4), "latency_ms": round(result.latency_ms, 1), **result.stats}
+        print(json.dumps(out, ensure_ascii=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tvcall", description="TV commands (zh/en) → function calls.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("registry", help="inspect and validate the function registry")
+    p.add_argument("action", choices=["stats", "validate", "tools"])
+    p.add_argument("--json", action="store_true", help="stats as one JSON line")
+    p.add_argument("--catalog", help="catalog folder (default: the shipped one)")
+    p.add_argument("--lang", default="en", choices=["zh", "en"], help="description language for `tools`")
+    p.add_argument("--domain", help="only this domain for `tools`")
+    p.set_defaults(func=cmd_registry)
+
+    p = sub.add_parser("data", help="synthesise splits or validate a JSONL dataset")
+    p.add_argument("action", choices=["synth", "validate"])
+    p.add_argument("path", nargs="?", help="JSONL file for `validate`")
+    p.add_argument("--out", default=DEFAULT_DATA)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-size", type=int, default=20000)
+    p.add_argument("--dev-size", type=int, default=200)
+    p.add_argument("--test-size", type=int, default=600)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="fine-tune a preset (LoRA on the CPU default)")
+    p.add_argument("--config", default="cpu-default", help="preset name or YAML path")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--data", help="dataset folder (default: the preset's data_dir)")
+    p.add_argument("--out", help="run folder (default: the preset's output_dir)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run on a split; prints the metrics.json path last")
+    p.add_argument("--run", default=DEFAULT_RUN)
+    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT)")
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("route", help="route commands to function calls (from arguments or stdin)")
+    p.add_argument("text", nargs="*")
+    p.add_argument("--run", default=DEFAULT_RUN)
+    p.add_argument("--threads", type=int)
+    p.add_argument("-v", "--verbose", action="store_true", help="also print confidence, latency and decode stats")
+    p.set_defaults(func=cmd_route)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (InputError, FileNotFoundError) as exc:
+        print(f"tvcall: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""The one prompt renderer shared by training, eval and serving.
+
+The prompt is the base model's own chat template (system + user turn, generation prompt). The answer is
+the call as JSON, `{"name": "dom.obj.act", "arguments": {...}}` or `{"name": null}`, tokenised segment by
+segment (`answer_segments`), so that the constrained decoder, which walks the same segments, produces
+exactly the token sequences the model was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+SYSTEM_PROMPT = "Map the TV command to a function call."
+
+NAME_OPEN = '{"name": '
+NULL_CLOSE = "null}"
+ARGS_OPEN = ', "arguments": {'
+ARGS_CLOSE = "}}"
+
+
+class Tokenizer(Protocol):
+    eos_token_id: int | None
+
+    def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+
+def messages(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
+
+
+def prompt_ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages(text), add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in newer transformers
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def name_segment(name: str | None) -> str:
+    return json.dumps(name)
+
+
+def key_segment(key: str, first: bool) -> str:
+    return ("" if first else ", ") + json.dumps(key) + ": "
+
+
+def value_segment(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def answer_segments(name: str | None, arguments: dict[str, Any]) -> list[str]:
+    """The answer as the decoder builds it; `arguments` must be in the function's parameter order."""
+    if name is None:
+        return [NAME_OPEN, name_segment(None), "}"]
+    segments = [NAME_OPEN, name_segment(name), ARGS_OPEN]
+    for index, (key, value) in enumerate(arguments.items()):
+        segments += [key_segment(key, index == 0), value_segment(value)]
+    return [*segments, ARGS_CLOSE]
+
+
+def answer_text(name: str | None, arguments: dict[str, Any]) -> str:
+    return "".join(answer_segments(name, arguments))
+
+
+def segment_ids(tokenizer: Tokenizer, segment: str) -> list[int]:
+    return list(tokenizer.encode(segment, add_special_tokens=False))
+
+
+def answer_ids(tokenizer: Tokenizer, name: str | None, arguments: dict[str, Any]) -> list[int]:
+    ids = [t for seg in answer_segments(name, arguments) for t in segment_ids(tokenizer, seg)]
+    return [*ids, tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else ids
+
+
+def training_example(tokenizer: Tokenizer, text: str, name: str | None, arguments: dict[str, Any]) -> dict[str, list[int]]:
+    """input_ids with a completion mask: loss on the assistant answer only."""
+    prompt = prompt_ids(tokenizer, text)
+    answer = answer_ids(tokenizer, name, arguments)
+    return {"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)}

@@ -1,0 +1,50 @@
+"""Write and read the train/dev/test splits with a manifest whose hash is the data version."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from tvcall.data.record import Record, read_jsonl, write_atomic, write_jsonl
+from tvcall.data.synth import SPLITS, SynthConfig, build_splits
+from tvcall.errors import InputError
+from tvcall.functions.registry import Registry
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_splits(registry: Registry, config: SynthConfig, out_dir: Path) -> dict[str, Any]:
+    splits = build_splits(registry, config)
+    files: dict[str, Any] = {}
+    for split, records in splits.items():
+        path = out_dir / f"{split}.jsonl"
+        write_jsonl(path, records)
+        files[split] = {"records": len(records), "out_of_scope": sum(r.function is None for r in records),
+                        "functions": len({r.function for r in records if r.function}), "sha256": _sha256(path)}
+    manifest = {"synth": dataclasses.asdict(config), "registry": registry.stats()["functions"], "files": files}
+    manifest["version"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
+    write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def read_manifest(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / MANIFEST
+    if not path.exists():
+        raise InputError(path, None, "manifest", "no dataset here: run `tvcall data synth` first")
+    return json.loads(path.read_text())
+
+
+def read_split(data_dir: Path, split: str) -> list[Record]:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} ({', '.join(SPLITS)})")
+    path = data_dir / f"{split}.jsonl"
+    if not path.exists():
+        raise InputError(path, None, "split", "missing: run `tvcall data synth` first")
+    return list(read_jsonl(path))

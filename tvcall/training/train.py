@@ -1,0 +1,113 @@
+"""Fine-tune: load config → build data → build model → SFTTrainer.train() → save the run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from trl import SFTConfig, SFTTrainer
+
+from tvcall.data.prompt import training_example
+from tvcall.data.record import Record, write_atomic
+from tvcall.data.splits import read_manifest, read_split
+from tvcall.training.config import RunConfig
+from tvcall.training.model import load_model, load_tokenizer
+
+ADAPTER_DIR = "adapter"
+RUN_CONFIG = "config.yaml"
+
+
+class TimeBudget(TrainerCallback):
+    """Stop training once `minutes` are spent; the model trained so far is still saved."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = minutes * 60
+        self.start = time.monotonic()
+        self.stopped_at_step: int | None = None
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if time.monotonic() - self.start > self.seconds:
+            control.should_training_stop = True
+            self.stopped_at_step = state.global_step
+
+
+def training_subset(records: list[Record], size: int, seed: int) -> list[Record]:
+    shuffled = list(records)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[:size]
+
+
+def build_dataset(tokenizer: Any, records: list[Record]) -> Dataset:
+    rows = [training_example(tokenizer, r.text, r.function, r.arguments) for r in records]
+    return Dataset.from_list(rows)
+
+
+def lora_config(config: RunConfig) -> LoraConfig:
+    return LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules, task_type="CAUSAL_LM",
+    )
+
+
+def train(config: RunConfig) -> Path:
+    torch.manual_seed(config.seed)
+    run_dir = Path(config.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    data_dir = Path(config.data_dir)
+    manifest = read_manifest(data_dir)
+    records = training_subset(read_split(data_dir, "train"), config.num_train_examples, config.seed)
+
+    tokenizer = load_tokenizer(config.model)
+    dataset = build_dataset(tokenizer, records)
+    model = load_model(config.model)
+    budget = TimeBudget(config.max_train_minutes or float("inf"))
+    args = SFTConfig(
+        output_dir=str(run_dir / "trainer"),
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_ratio,
+        num_train_epochs=config.num_train_epochs,
+        bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        logging_steps=config.logging_steps,
+        report_to=["tensorboard"],
+        save_strategy="no",
+        seed=config.seed,
+        completion_only_loss=True,
+        max_length=None,
+        train_sampling_strategy="group_by_length",
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=lora_config(config) if config.method in ("lora", "qlora") else None,
+        callbacks=[budget],
+    )
+    started = time.monotonic()
+    result = trainer.train()
+    minutes = (time.monotonic() - started) / 60
+
+    trainer.model.save_pretrained(run_dir / ADAPTER_DIR)
+    tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
+    summary = {
+        "data_version": manifest["version"], "train_examples": len(records),
+        "tokens": int(sum(len(ids) for ids in dataset["input_ids"])),
+        "steps": trainer.state.global_step, "stopped_by_time_budget_at_step": budget.stopped_at_step,
+        "train_minutes": round(minutes, 2), "train_loss": result.training_loss,
+    }
+    write_atomic(run_dir / RUN_CONFIG, yaml.safe_dump({**config.to_dict(), **summary}, sort_keys=False, allow_unicode=True))
+    write_atomic(run_dir / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in trainer.state.log_history))
+    return run_dir
