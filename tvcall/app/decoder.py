@@ -11,8 +11,8 @@ without asking it; the model only runs where there is a real choice.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -83,38 +83,72 @@ class Decoded:
     forced_tokens: int
 
 
+class TransformersLM:
+    """Decoding steps through a transformers model and its own KV cache."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def begin(self, prompt: list[int]) -> tuple[dict[str, Any], list[int]]:
+        return {"cache": None}, list(prompt)
+
+    def run(self, session: dict[str, Any], tokens: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([tokens]), cache=session["cache"], use_cache=True, logits_to_keep=1)
+        session["cache"] = out.past_key_values
+        return out.logits[0, -1].float()
+
+    def score(self, head: torch.Tensor, allowed: list[int]) -> torch.Tensor:
+        return head[allowed]
+
+
+class FastLM:
+    """Decoding steps through `FastLlama` with its static, prefix-cached KV cache."""
+
+    def __init__(self, fast: Any) -> None:
+        self.fast = fast
+        self._cache = fast.new_cache()
+
+    def begin(self, prompt: list[int]) -> tuple[Any, list[int]]:
+        return self.fast.start(prompt, self._cache)
+
+    def run(self, session: Any, tokens: list[int]) -> torch.Tensor:
+        return self.fast.forward(tokens, session)
+
+    def score(self, head: torch.Tensor, allowed: list[int]) -> torch.Tensor:
+        return self.fast.scores(head, allowed)
+
+
 @dataclass
 class _LMState:
-    """The model's KV cache plus tokens fed but not yet run."""
+    """One decode: the backend's session plus tokens fed but not yet run."""
 
-    forward: Callable[[list[int], Any], tuple[torch.Tensor, Any]]
+    lm: Any
+    session: Any
     pending: list[int]
-    cache: Any = None
-    logits: torch.Tensor | None = None
+    head: torch.Tensor | None = None
     calls: int = 0
     forced: int = 0
     decided: int = 0
-    tokens: list[int] = field(default_factory=list)
 
     def feed(self, tokens: Sequence[int], forced: bool = True) -> None:
         if tokens:
             self.pending.extend(tokens)
-            self.tokens.extend(tokens)
-            self.logits = None
+            self.head = None
             if forced:
                 self.forced += len(tokens)
 
-    def next_logits(self) -> torch.Tensor:
-        if self.logits is None:
-            self.logits, self.cache = self.forward(self.pending, self.cache)
+    def scores(self, allowed: list[int]) -> torch.Tensor:
+        if self.head is None:
+            self.head = self.lm.run(self.session, self.pending)
             self.pending = []
             self.calls += 1
-        return self.logits
+        return self.lm.score(self.head, allowed)
 
 
 class ConstrainedDecoder:
-    def __init__(self, model: Any, tokenizer: Any, registry: Registry) -> None:
-        self.model, self.tokenizer, self.registry = model, tokenizer, registry
+    def __init__(self, lm: Any, tokenizer: Any, registry: Registry) -> None:
+        self.lm, self.tokenizer, self.registry = lm, tokenizer, registry
         self._ids = lru_cache(maxsize=65536)(lambda s: tuple(P.segment_ids(tokenizer, s)))
         self.name_trie = self._trie([(P.name_segment(n), n) for n in registry.names] + [(P.name_segment(None), None)])
         self._key_tries: dict[tuple[str, int], TokenTrie] = {}
@@ -170,11 +204,6 @@ class ConstrainedDecoder:
                     self.value_trie(schema, "")
 
     # --- decoding --------------------------------------------------------------------------------
-    def _forward(self, tokens: list[int], cache: Any) -> tuple[torch.Tensor, Any]:
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([tokens]), cache=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1].float(), out.past_key_values
-
     @staticmethod
     def _choose(state: _LMState, trie: TokenTrie, follow: frozenset[int] = frozenset()) -> tuple[Any, float]:
         """Greedy walk of `trie`; `follow` are the first tokens of what comes next (to end a prefix alternative)."""
@@ -188,7 +217,7 @@ class ConstrainedDecoder:
                 state.feed([allowed[0]])
                 node = node.children[allowed[0]]
                 continue
-            scores = state.next_logits()[allowed]
+            scores = state.scores(allowed)
             best = int(torch.argmax(scores))
             logprob += float(torch.log_softmax(scores, dim=0)[best])
             token = allowed[best]
@@ -199,7 +228,8 @@ class ConstrainedDecoder:
             node = node.children[token]
 
     def decode(self, text: str) -> Decoded:
-        state = _LMState(self._forward, pending=list(P.prompt_ids(self.tokenizer, text)))
+        session, pending = self.lm.begin(P.prompt_ids(self.tokenizer, text))
+        state = _LMState(self.lm, session, pending)
         state.feed(self._ids(P.NAME_OPEN))
         name, name_logprob = self._choose(state, self.name_trie)
         logprob = name_logprob

@@ -11,10 +11,12 @@ from typing import Any
 import torch
 import yaml
 
-from tvcall.app.decoder import ConstrainedDecoder
+from tvcall.app.decoder import ConstrainedDecoder, FastLM, TransformersLM
+from tvcall.app.fastlm import FastLlama
+from tvcall.data.prompt import prompt_ids
 from tvcall.functions.registry import Registry, default_registry
 from tvcall.functions.validate import call_errors
-from tvcall.training.model import load_model, load_tokenizer
+from tvcall.training.model import load_model, load_tokenizer, model_source
 
 
 @dataclass
@@ -46,16 +48,29 @@ class Engine(ABC):
 
 
 class TransformersEngine(Engine):
-    """transformers model (base + merged LoRA adapter) with the staged constrained decoder."""
+    """A transformers model (base + merged LoRA adapter) with the staged constrained decoder.
 
-    def __init__(self, model: Any, tokenizer: Any, registry: Registry | None = None) -> None:
+    backend "fast" runs the same weights through `FastLlama` (static prefix-cached KV, allowed-rows-only
+    output projection); "hf" steps through transformers itself (the reference path).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, registry: Registry | None = None, backend: str = "fast") -> None:
         self.registry = registry or default_registry()
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.decoder = ConstrainedDecoder(self.model, tokenizer, self.registry)
+        self.backend = backend
+        if backend == "fast":
+            fast = FastLlama(self.model)
+            fast.set_prefix(shared_prompt_prefix(tokenizer))
+            lm: Any = FastLM(fast)
+        elif backend == "hf":
+            lm = TransformersLM(self.model)
+        else:
+            raise ValueError(f"unknown backend {backend!r} (fast, hf)")
+        self.decoder = ConstrainedDecoder(lm, tokenizer, self.registry)
 
     @classmethod
-    def from_run(cls, run_dir: Path, registry: Registry | None = None) -> TransformersEngine:
+    def from_run(cls, run_dir: Path, registry: Registry | None = None, backend: str = "fast") -> TransformersEngine:
         """Load the base model named in the run's config and merge the run's LoRA adapter into it."""
         from peft import PeftModel
 
@@ -65,11 +80,14 @@ class TransformersEngine(Engine):
         if not config_path.exists():
             raise FileNotFoundError(f"{config_path} missing: train first (`tvcall train`)")
         config = yaml.safe_load(config_path.read_text())
-        model = load_model(config["model"])
+        source = model_source(Path(run_dir), config)  # a full fine-tune or a `tvcall export` folder holds its own weights
+        model = load_model(source)
         adapter = Path(run_dir) / ADAPTER_DIR
         if (adapter / "adapter_config.json").exists():
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        return cls(model, load_tokenizer(config["model"]), registry)
+        if getattr(model, "hf_quantizer", None) is not None or any(n.endswith("q_proj.bias") for n, _ in model.named_parameters()):
+            backend = "hf"  # FastLlama takes plain bias-free weights: bitsandbytes exports and Qwen run through transformers
+        return cls(model, load_tokenizer(source), registry, backend)
 
     def route(self, text: str) -> RouteResult:
         started = time.perf_counter()
@@ -81,6 +99,13 @@ class TransformersEngine(Engine):
             stats={"model_calls": decoded.model_calls, "decided_tokens": decoded.decided_tokens,
                    "forced_tokens": decoded.forced_tokens},
         )
+
+
+def shared_prompt_prefix(tokenizer: Any) -> list[int]:
+    """The prompt tokens every utterance shares (system turn and the user turn's header)."""
+    a, b = prompt_ids(tokenizer, "a"), prompt_ids(tokenizer, "b")
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return a[:n]
 
 
 def set_threads(threads: int | None) -> None:

@@ -32,6 +32,13 @@ class RunConfig:
     num_train_epochs: float = 1.0
     bf16: bool = True
     gradient_checkpointing: bool = False
+    dtype: str = "float32"  # weights as loaded (float32 | bfloat16 | float16); for qlora, the layers left unquantised
+    attn_implementation: str | None = None  # None: transformers' default; auto: flash_attention_2 when installed on a GPU, else sdpa
+    optim: str | None = None  # None: the trainer's default AdamW; paged_adamw_8bit for QLoRA
+    bnb_4bit_quant_type: str = "nf4"  # qlora only
+    bnb_4bit_use_double_quant: bool = True  # qlora only
+    bnb_4bit_compute_dtype: str = "bfloat16"  # qlora only
+    deepspeed: str | None = None  # a DeepSpeed JSON file; a bare name (ds_zero3.json) is looked up next to the presets
     max_train_minutes: float | None = None  # stop training (and save) once this budget is spent
     logging_steps: int = 10
     seed: int = 0

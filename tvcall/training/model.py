@@ -80,3 +80,8 @@ def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
 
 def load_model(model: str, dtype: torch.dtype = torch.float32, **kwargs: Any) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(resolve_model_path(model), dtype=dtype, **kwargs)
+
+
+def model_source(run_dir: Path, config: dict[str, Any]) -> str:
+    """A run folder that holds a whole model (a full fine-tune, an export) is its own base; else the config's model."""
+    return str(run_dir) if (Path(run_dir) / "config.json").exists() else config["model"]

@@ -20,7 +20,8 @@ from tvcall.data.prompt import training_example
 from tvcall.data.record import Record, write_atomic
 from tvcall.data.splits import read_manifest, read_split
 from tvcall.training.config import RunConfig
-from tvcall.training.model import load_model, load_tokenizer
+from tvcall.training.loading import build_model, deepspeed_path, state_bytes
+from tvcall.training.model import load_tokenizer
 
 ADAPTER_DIR = "adapter"
 RUN_CONFIG = "config.yaml"
@@ -58,6 +59,12 @@ def lora_config(config: RunConfig) -> LoraConfig:
     )
 
 
+def optional_args(config: RunConfig) -> dict[str, Any]:
+    """SFTConfig fields set only when the run asks for them (the trainer's own defaults otherwise)."""
+    extra: dict[str, Any] = {"optim": config.optim, "deepspeed": deepspeed_path(config.deepspeed)}
+    return {key: value for key, value in extra.items() if value is not None}
+
+
 def train(config: RunConfig) -> Path:
     torch.manual_seed(config.seed)
     run_dir = Path(config.output_dir)
@@ -69,7 +76,6 @@ def train(config: RunConfig) -> Path:
 
     tokenizer = load_tokenizer(config.model)
     dataset = build_dataset(tokenizer, records)
-    model = load_model(config.model)
     budget = TimeBudget(config.max_train_minutes or float("inf"))
     args = SFTConfig(
         output_dir=str(run_dir / "trainer"),
@@ -90,7 +96,9 @@ def train(config: RunConfig) -> Path:
         train_sampling_strategy="group_by_length",
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        **optional_args(config),
     )
+    model = build_model(config)  # after SFTConfig: under DeepSpeed ZeRO-3 the weights load already partitioned
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=lora_config(config) if config.method in ("lora", "qlora") else None,
@@ -100,13 +108,19 @@ def train(config: RunConfig) -> Path:
     result = trainer.train()
     minutes = (time.monotonic() - started) / 60
 
-    trainer.model.save_pretrained(run_dir / ADAPTER_DIR)
-    tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
+    # adapter + tokenizer (full: the whole model, in the run folder itself); every process calls this so that
+    # ZeRO-3 can gather its shards, the main process writes
+    trainer.save_model(str(run_dir if config.method == "full" else run_dir / ADAPTER_DIR))
+    if not trainer.is_world_process_zero():
+        return run_dir
     summary = {
         "data_version": manifest["version"], "train_examples": len(records),
         "tokens": int(sum(len(ids) for ids in dataset["input_ids"])),
         "steps": trainer.state.global_step, "stopped_by_time_budget_at_step": budget.stopped_at_step,
         "train_minutes": round(minutes, 2), "train_loss": result.training_loss,
+        "params_trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "param_bytes": state_bytes(trainer.model),
+        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3) if torch.cuda.is_available() else None,
     }
     write_atomic(run_dir / RUN_CONFIG, yaml.safe_dump({**config.to_dict(), **summary}, sort_keys=False, allow_unicode=True))
     write_atomic(run_dir / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in trainer.state.log_history))

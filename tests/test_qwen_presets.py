@@ -1,0 +1,80 @@
+"""The Qwen2.5-7B presets: what each one asks for, and that it resolves on a tiny Qwen2 stand-in."""
+
+import json
+
+import pytest
+import torch
+from peft import get_peft_model
+from trl import SFTConfig
+
+from tvcall.training.config import load_config
+from tvcall.training.loading import attn_implementation, deepspeed_path, run_bnb_config
+from tvcall.training.model import load_model
+from tvcall.training.train import lora_config, optional_args
+
+PRESETS = ["qwen2.5-7b-lora", "qwen2.5-7b-lora-all", "qwen2.5-7b-qlora", "qwen2.5-7b-full"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_qwen_presets_load_and_name_the_hub_model(preset):
+    config = load_config(preset)
+    assert config.model == "Qwen/Qwen2.5-7B-Instruct" and config.dtype == "bfloat16" and config.bf16
+    assert config.attn_implementation == "auto"
+
+
+def test_each_preset_asks_for_its_method():
+    lora, lora_all, qlora, full = (load_config(p) for p in PRESETS)
+    assert lora.method == "lora" and lora.lora_target_modules == ["q_proj", "v_proj"]
+    assert lora_all.method == "lora" and lora_all.lora_target_modules == "all-linear" and lora_all.lora_r > lora.lora_r
+    assert qlora.method == "qlora" and qlora.optim == "paged_adamw_8bit"
+    assert (qlora.bnb_4bit_quant_type, qlora.bnb_4bit_use_double_quant, qlora.bnb_4bit_compute_dtype) == ("nf4", True, "bfloat16")
+    assert full.method == "full" and full.gradient_checkpointing
+    zero = json.loads(open(deepspeed_path(full.deepspeed)).read())
+    assert zero["zero_optimization"]["stage"] == 3 and zero["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
+
+
+def test_cpu_default_keeps_the_trainer_defaults():
+    config = load_config("cpu-default")
+    assert (config.dtype, config.optim, config.deepspeed, config.attn_implementation) == ("float32", None, None, None)
+    assert optional_args(config) == {}
+
+
+def test_optimizer_and_deepspeed_pass_through_to_sft_config(tmp_path):
+    qlora, full = load_config("qwen2.5-7b-qlora"), load_config("qwen2.5-7b-full")
+    assert optional_args(qlora) == {"optim": "paged_adamw_8bit"}
+    assert optional_args(full) == {"deepspeed": deepspeed_path("ds_zero3.json")}
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], **optional_args(qlora))
+    assert args.optim == "paged_adamw_8bit"
+
+
+def test_qlora_builds_nf4_double_quant_bf16_compute():
+    bnb = run_bnb_config(load_config("qwen2.5-7b-qlora"))
+    assert bnb.load_in_4bit and not bnb.load_in_8bit
+    assert bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_use_double_quant
+    assert bnb.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_attention_auto_is_sdpa_without_a_gpu():
+    if not torch.cuda.is_available():
+        assert attn_implementation("auto") == "sdpa"
+    assert attn_implementation(None) is None and attn_implementation("eager") == "eager"
+
+
+def _lora_modules(model) -> set[str]:
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A") and module.lora_A}
+
+
+def test_lora_targets_resolve_on_a_tiny_qwen2(qwen_dir):
+    config = load_config("qwen2.5-7b-lora", [f"model={qwen_dir}"])
+    model = load_model(config.model)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA, as in Qwen2.5-7B
+    peft_model = get_peft_model(model, lora_config(config))
+    assert _lora_modules(peft_model) == {"q_proj", "v_proj"}
+    wrapped = [n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and m.lora_A]
+    assert len(wrapped) == 2 * model.config.num_hidden_layers
+
+
+def test_all_linear_targets_every_decoder_linear_but_not_lm_head(qwen_dir):
+    config = load_config("qwen2.5-7b-lora-all", [f"model={qwen_dir}"])
+    peft_model = get_peft_model(load_model(config.model), lora_config(config))
+    assert _lora_modules(peft_model) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

@@ -1,0 +1,176 @@
+"""Request and response bodies of the HTTP router (they are its OpenAPI contract)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+MAX_TEXT_CHARS = 512  # a TV command is a sentence; the prompt-token limit is checked by the batcher
+TEXT_PATTERN = r"\S"  # at least one non-space character
+
+
+def check_text(text: str) -> str:
+    """Text the engine can take: not blank and encodable (no lone surrogates from a JSON `\\ud800`)."""
+    if not text.strip():
+        raise ValueError("text is blank")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("text is not valid Unicode (lone surrogate)") from exc
+    return text
+
+
+def no_streaming(stream: bool) -> bool:
+    if stream:
+        raise ValueError("streaming is not supported; ask with stream=false")
+    return stream
+
+
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS, pattern=TEXT_PATTERN), AfterValidator(check_text)]
+Lang = Literal["zh", "en"]
+
+
+def omitted(description: str) -> Any:
+    """An optional response field left out of the JSON when it is None (while `name: null` stays)."""
+    return Field(default=None, exclude_if=lambda value: value is None, description=description)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    fields: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class RouteRequest(Strict):
+    text: Text
+    lang: Lang | None = Field(default=None, description="language of messages in `result` (default: guessed from the text)")
+    execute: bool = Field(default=False, description="run the call on the TV; risky calls need /v1/confirm")
+
+
+class RouteResponse(BaseModel):
+    name: str | None = Field(description="the function called, null when the text asks for no function")
+    arguments: dict[str, Any]
+    confidence: float
+    latency_ms: float
+    risky: bool = Field(default=False, description="the function needs a confirmation before it runs")
+    result: dict[str, Any] | None = omitted("what the execution did (only with `execute`, never for a risky call)")
+    needs_confirmation: bool | None = omitted("true when a risky call was held: confirm it with `confirmation_token`")
+    confirmation_token: str | None = omitted("single use, for POST /v1/confirm")
+    expires_in_s: float | None = omitted("the token's lifetime")
+
+
+class ConfirmRequest(Strict):
+    token: str = Field(min_length=1, max_length=128)
+    lang: Lang = "en"
+
+
+class ConfirmResponse(BaseModel):
+    name: str
+    arguments: dict[str, Any]
+    result: dict[str, Any]
+
+
+class FunctionList(BaseModel):
+    count: int
+    tools: list[dict[str, Any]] = Field(description="OpenAI `tools` entries")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    functions: int
+    queue_depth: int
+    max_batch: int
+
+
+# --- OpenAI chat completions (only what tvcall reads; other fields are accepted and ignored) ----------
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: str
+    text: str | None = None
+
+
+class UserContentPart(ContentPart):
+    text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
+
+
+class ContentParts(BaseModel):
+    """Helpers shared by every message: the text of a string or of a list of content parts."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return " ".join(p.text for p in self.content if p.type == "text" and p.text)
+        return self.content or ""
+
+
+class UserMessage(ContentParts):
+    role: Literal["user"]
+    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | Annotated[list[UserContentPart], Field(max_length=4)]
+
+
+class OtherMessage(ContentParts):
+    role: Literal["system", "developer", "assistant", "tool", "function"]
+
+
+ChatMessage = Annotated[UserMessage | OtherMessage, Field(discriminator="role")]
+
+
+class ChatRequest(BaseModel):
+    """The routed text is the last user message; other fields of the OpenAI request are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    model: str = "tvcall"
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    tools: list[dict[str, Any]] | None = Field(default=None, description="restricts the answer to these functions")
+    tool_choice: str | dict[str, Any] | None = Field(default=None, description='"none": answer without a tool call')
+    stream: Annotated[bool, AfterValidator(no_streaming)] = Field(default=False, description="streaming is not supported",
+                                                                  json_schema_extra={"enum": [False]})
+
+
+class ToolFunction(BaseModel):
+    name: str
+    arguments: str = Field(description="the arguments as a JSON string")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "tool_calls"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None

@@ -1,0 +1,205 @@
+"""The HTTP function router: text in, a validated call out, and, when asked, the call executed.
+
+`create_app(engine, config)` builds the FastAPI app; `tvcall serve` (tvcall/app/serve.py) runs it with
+uvicorn. Endpoints:
+
+- `POST /v1/route` — route a text; with `execute` run the call (risky ones wait for `/v1/confirm`);
+- `POST /v1/confirm` — run a held risky call by its token;
+- `POST /v1/chat/completions` — OpenAI-compatible, the call as `tool_calls`;
+- `GET /v1/functions` — the registry as OpenAI `tools`, filterable by domain and text;
+- `GET /healthz`, `GET /metrics` (Prometheus).
+
+Every error is `{"error": {"type", "message"}}` with a 4xx/5xx status; user text never reaches a log line
+unescaped (only lengths, names and escaped excerpts are logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, SecretStr
+
+from tvcall.app import openai_compat
+from tvcall.app.api_models import (
+    MAX_TEXT_CHARS,
+    ChatRequest,
+    ChatResponse,
+    ConfirmRequest,
+    ConfirmResponse,
+    ErrorBody,
+    FunctionList,
+    Health,
+    Lang,
+    RouteRequest,
+    RouteResponse,
+    check_text,
+)
+from tvcall.app.batcher import Batcher, QueueFull, TextTooLong
+from tvcall.app.dispatch import Confirmations, Dispatcher, WebhookError
+from tvcall.app.engine import Engine, RouteResult
+from tvcall.app.http_errors import ERRORS, GET_ERRORS, install_error_handlers
+from tvcall.app.metrics import Metrics, RequestMetrics
+from tvcall.app.security import BodyLimit, escape_for_log, require_token
+from tvcall.functions.tv import SimulatedTV
+
+log = logging.getLogger("tvcall.router")
+CHAT_PATH = "/v1/chat/completions"
+
+
+class RouterConfig(BaseModel):
+    token: SecretStr | None = Field(default=None, description="bearer token required on every endpoint but /healthz")
+    max_body_bytes: int = Field(default=16 * 1024, gt=0)
+    max_chat_body_bytes: int = Field(default=1024 * 1024, gt=0, description="chat requests carry `tools` (all 1,324: ~350 KB)")
+    timeout_s: float = Field(default=10.0, gt=0, description="per request: queue wait plus routing")
+    max_batch: int = Field(default=16, ge=1)
+    max_queue: int = Field(default=64, ge=1)
+    confirm_ttl_s: float = Field(default=120.0, gt=0)
+    webhooks: dict[str, str] = Field(default_factory=dict, description="domain → URL that executes its calls")
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+
+
+class RouterState:
+    def __init__(self, engine: Engine, config: RouterConfig, tv: SimulatedTV | None) -> None:
+        self.engine, self.config = engine, config
+        self.registry = engine.registry
+        self.metrics = Metrics()
+        self.batcher = Batcher(engine, config.max_batch, config.max_queue, self.metrics.observe_batch)
+        self.tv = tv or SimulatedTV(self.registry)
+        self.dispatcher = Dispatcher(self.tv, config.webhooks, config.webhook_timeout_s)
+        self.confirmations = Confirmations(config.confirm_ttl_s)
+
+
+def guess_lang(text: str) -> str:
+    return "zh" if any("\u3400" <= c <= "\u9fff" for c in text) else "en"
+
+
+async def route_text(state: RouterState, text: str) -> RouteResult:
+    """The engine's answer through the batcher, with errors mapped to HTTP; an invalid call becomes none."""
+    state.metrics.queue_depth.set(state.batcher.depth)
+    try:
+        result = await state.batcher.route(text, state.config.timeout_s)
+    except QueueFull as exc:
+        state.metrics.errors.labels("queue_full").inc()
+        raise HTTPException(503, "the router is at capacity; retry later", headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except TimeoutError:
+        state.metrics.errors.labels("timeout").inc()
+        raise HTTPException(504, f"routing took longer than {state.config.timeout_s:g} s") from None
+    except TextTooLong as exc:
+        raise HTTPException(422, str(exc)) from None
+    except Exception as exc:
+        state.metrics.errors.labels("engine").inc()
+        log.exception("engine failed on a text of %d chars: %s", len(text), escape_for_log(exc))
+        raise HTTPException(500, "the engine failed on this request") from None
+    state.metrics.observe_route(result)
+    if result.errors:
+        state.metrics.errors.labels("invalid_call").inc()
+        log.error("engine produced an invalid call %s: %s", result.name, escape_for_log("; ".join(result.errors)))
+        result.name, result.arguments = None, {}
+    return result
+
+
+def build_api(state: RouterState) -> APIRouter:
+    api = APIRouter(dependencies=[Depends(require_token)] if state.config.token else [])  # the spec shows auth only if on
+
+    @api.post("/v1/route", response_model=RouteResponse, responses=ERRORS)
+    async def route(body: RouteRequest) -> RouteResponse:
+        started = time.perf_counter()
+        result = await route_text(state, body.text)
+        spec = state.registry[result.name] if result.name else None
+        response = RouteResponse(name=result.name, arguments=result.arguments, confidence=result.confidence,
+                                 latency_ms=0.0, risky=bool(spec and spec.risk == "confirm"))
+        if body.execute and spec is not None:
+            if response.risky:
+                response.needs_confirmation = True
+                response.confirmation_token = state.confirmations.hold(spec.name, result.arguments)
+                response.expires_in_s = state.config.confirm_ttl_s
+                state.metrics.confirmations.labels("held").inc()
+            else:
+                response.result = await execute(state, spec.name, result.arguments, body.lang or guess_lang(body.text))
+        response.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        return response
+
+    @api.post("/v1/confirm", response_model=ConfirmResponse, responses={**ERRORS, 404: {"model": ErrorBody}})
+    async def confirm(body: ConfirmRequest) -> ConfirmResponse:
+        pending = state.confirmations.take(body.token)
+        if pending is None:
+            raise HTTPException(404, "unknown, used or expired confirmation token")
+        state.metrics.confirmations.labels("confirmed").inc()
+        result = await execute(state, pending.name, pending.arguments, body.lang)
+        return ConfirmResponse(name=pending.name, arguments=pending.arguments, result=result)
+
+    @api.post(CHAT_PATH, response_model=ChatResponse, response_model_exclude_none=True, responses=ERRORS)
+    async def chat_completions(body: ChatRequest) -> ChatResponse:
+        text = openai_compat.user_text(body)
+        if not text.strip():  # nothing asked: no function
+            return openai_compat.chat_response(body, RouteResult(None, {}, 1.0, 0.0, raw=""))
+        try:
+            check_text(text)
+        except ValueError as exc:
+            raise HTTPException(422, f"the last user message: {exc}") from None
+        if len(text) > MAX_TEXT_CHARS:
+            raise HTTPException(422, f"the last user message is over {MAX_TEXT_CHARS} characters")
+        return openai_compat.chat_response(body, await route_text(state, text))
+
+    @api.get("/v1/functions", response_model=FunctionList, responses=GET_ERRORS)
+    async def functions(
+        domain: Annotated[str | None, Query(max_length=64, description="only this domain")] = None,
+        q: Annotated[str | None, Query(max_length=100, description="substring of the name or a description (zh or en)")] = None,
+        lang: Annotated[Lang, Query(description="description language")] = "en",
+    ) -> FunctionList:
+        needle = (q or "").casefold()
+        specs = [s for s in state.registry.functions.values() if domain in (None, s.domain)
+                 and (not needle or any(needle in t.casefold() for t in (s.name, *s.description.zh, *s.description.en)))]
+        return FunctionList(count=len(specs), tools=[s.openai_tool(lang) for s in specs])
+
+    @api.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}, **GET_ERRORS})
+    async def metrics() -> Response:
+        state.metrics.queue_depth.set(state.batcher.depth)
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    return api
+
+
+async def execute(state: RouterState, name: str, arguments: dict[str, Any], lang: str) -> dict[str, Any]:
+    target = state.dispatcher.target(name)
+    try:
+        result = await state.dispatcher.execute(name, arguments, lang)
+    except WebhookError as exc:
+        state.metrics.errors.labels("webhook").inc()
+        raise HTTPException(502, str(exc)) from None
+    state.metrics.executions.labels(name.split(".")[0], target).inc()
+    log.info("executed %s on %s", name, target)
+    return result
+
+
+def create_app(engine: Engine, config: RouterConfig | None = None, tv: SimulatedTV | None = None) -> FastAPI:
+    state = RouterState(engine, config or RouterConfig(), tv)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.batcher.start()
+        try:
+            yield
+        finally:
+            await state.batcher.stop()
+
+    app = FastAPI(title="tvcall router", version="1", lifespan=lifespan,
+                  description="TV commands (zh/en) → validated function calls, executed on request.")
+    app.state.router = state
+    app.state.token = state.config.token.get_secret_value() if state.config.token else None
+    install_error_handlers(app)
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        return Health(status="ok", functions=len(state.registry), queue_depth=state.batcher.depth, max_batch=state.batcher.max_batch)
+
+    app.include_router(build_api(state))
+    app.add_middleware(BodyLimit, max_bytes=state.config.max_body_bytes, path_limits={CHAT_PATH: state.config.max_chat_body_bytes})
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    return app
