@@ -151,6 +151,9 @@ class ConstrainedDecoder:
         self.lm, self.tokenizer, self.registry = lm, tokenizer, registry
         self._ids = lru_cache(maxsize=65536)(lambda s: tuple(P.segment_ids(tokenizer, s)))
         self.name_trie = self._trie([(P.name_segment(n), n) for n in registry.names] + [(P.name_segment(None), None)])
+        names = [*registry.names, None]
+        self._name_ids = dict(zip(names, tokenizer([P.name_segment(n) for n in names], add_special_tokens=False)["input_ids"],
+                                  strict=True))
         self._key_tries: dict[tuple[str, int], TokenTrie] = {}
         self._value_tries: dict[tuple[Any, ...], TokenTrie] = {}
 
@@ -227,11 +230,16 @@ class ConstrainedDecoder:
             state.feed([token], forced=False)
             node = node.children[token]
 
-    def decode(self, text: str) -> Decoded:
-        session, pending = self.lm.begin(P.prompt_ids(self.tokenizer, text))
+    def candidate_trie(self, candidates: Sequence[str]) -> TokenTrie:
+        """Names narrowed to `candidates` (retrieved functions); "no function" stays allowed."""
+        return TokenTrie((self._name_ids[n], n) for n in [*candidates, None] if n in self._name_ids)
+
+    def decode(self, text: str, candidates: Sequence[str] | None = None, options: Sequence[str] = ()) -> Decoded:
+        session, pending = self.lm.begin(P.prompt_ids(self.tokenizer, text, options))
         state = _LMState(self.lm, session, pending)
         state.feed(self._ids(P.NAME_OPEN))
-        name, name_logprob = self._choose(state, self.name_trie)
+        names = self.name_trie if candidates is None else self.candidate_trie(candidates)
+        name, name_logprob = self._choose(state, names)
         logprob = name_logprob
         arguments: dict[str, Any] = {}
         if name is None:

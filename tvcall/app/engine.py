@@ -15,6 +15,7 @@ from tvcall.app.decoder import ConstrainedDecoder, FastLM, TransformersLM
 from tvcall.app.fastlm import FastLlama
 from tvcall.data.prompt import prompt_ids
 from tvcall.functions.registry import Registry, default_registry
+from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever
 from tvcall.functions.validate import call_errors
 from tvcall.training.model import load_model, load_tokenizer, model_source
 
@@ -54,8 +55,11 @@ class TransformersEngine(Engine):
     output projection); "hf" steps through transformers itself (the reference path).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, registry: Registry | None = None, backend: str = "fast") -> None:
+    def __init__(self, model: Any, tokenizer: Any, registry: Registry | None = None, backend: str = "fast",
+                 top_objects: int | None = DEFAULT_TOP_OBJECTS) -> None:
         self.registry = registry or default_registry()
+        self.top_objects = top_objects
+        self.retriever = Retriever(self.registry) if top_objects else None
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.backend = backend
@@ -87,11 +91,16 @@ class TransformersEngine(Engine):
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         if getattr(model, "hf_quantizer", None) is not None or any(n.endswith("q_proj.bias") for n, _ in model.named_parameters()):
             backend = "hf"  # FastLlama takes plain bias-free weights: bitsandbytes exports and Qwen run through transformers
-        return cls(model, load_tokenizer(source), registry, backend)
+        top_objects = int(config.get("retrieval_top_objects", 0))  # as the model was trained
+        return cls(model, load_tokenizer(source), registry, backend, top_objects)
 
     def route(self, text: str) -> RouteResult:
         started = time.perf_counter()
-        decoded = self.decoder.decode(text)
+        if self.retriever is not None and self.top_objects:
+            retrieved = self.retriever.retrieve(text, self.top_objects)
+            decoded = self.decoder.decode(text, retrieved.functions, retrieved.options)
+        else:
+            decoded = self.decoder.decode(text)
         errors = call_errors(self.registry, decoded.name, decoded.arguments)
         return RouteResult(
             name=decoded.name, arguments=decoded.arguments, confidence=decoded.confidence,

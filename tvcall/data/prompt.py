@@ -1,6 +1,7 @@
 """The one prompt renderer shared by training, eval and serving.
 
-The prompt is the base model's own chat template (system + user turn, generation prompt). The answer is
+The prompt is the base model's own chat template (system + user turn, generation prompt); the user turn
+carries the command and the candidate objects retrieved for it (`tvcall.functions.retrieve`). The answer is
 the call as JSON, `{"name": "dom.obj.act", "arguments": {...}}` or `{"name": null}`, tokenised segment by
 segment (`answer_segments`), so that the constrained decoder, which walks the same segments, produces
 exactly the token sequences the model was trained on.
@@ -9,6 +10,7 @@ exactly the token sequences the model was trained on.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 SYSTEM_PROMPT = "Map the TV command to a function call."
@@ -26,12 +28,17 @@ class Tokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
 
-def messages(text: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
+def user_turn(text: str, options: Sequence[str] = ()) -> str:
+    """The command, then the retrieved candidate objects ("domain.object label"), one per line."""
+    return text if not options else text + "\n" + "\n".join(f"- {o}" for o in options)
 
 
-def prompt_ids(tokenizer: Tokenizer, text: str) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages(text), add_generation_prompt=True, tokenize=True)
+def messages(text: str, options: Sequence[str] = ()) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_turn(text, options)}]
+
+
+def prompt_ids(tokenizer: Tokenizer, text: str, options: Sequence[str] = ()) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages(text, options), add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in newer transformers
         ids = ids["input_ids"]
     return list(ids)
@@ -72,8 +79,9 @@ def answer_ids(tokenizer: Tokenizer, name: str | None, arguments: dict[str, Any]
     return [*ids, tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else ids
 
 
-def training_example(tokenizer: Tokenizer, text: str, name: str | None, arguments: dict[str, Any]) -> dict[str, list[int]]:
+def training_example(tokenizer: Tokenizer, text: str, name: str | None, arguments: dict[str, Any],
+                     options: Sequence[str] = ()) -> dict[str, list[int]]:
     """input_ids with a completion mask: loss on the assistant answer only."""
-    prompt = prompt_ids(tokenizer, text)
+    prompt = prompt_ids(tokenizer, text, options)
     answer = answer_ids(tokenizer, name, arguments)
     return {"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)}

@@ -54,8 +54,7 @@ def out_of_scope_texts(lang: str, split: str) -> list[str]:
 def templates_for(spec: FunctionSpec, lang: str, split: str) -> list[str]:
     """Templates of `spec` in `lang` for a split; each usable as is (placeholders ⊆ params ∪ {obj, attr})."""
     if spec.templates is not None:
-        forms = spec.templates.forms(lang)
-        return forms[:-1] if split == "train" else forms[-1:]
+        return spec.own_templates(lang, split)
     kind, verb = spec.template_key.split(".") if "." in (spec.template_key or "") else ("query", "query")
     pool = kind_templates()[kind][verb]["train" if split == "train" else "test"][lang]
     known = set(spec.properties) | {"obj", "attr"}

@@ -46,6 +46,13 @@ class FunctionSpec(BaseModel):
     def required(self) -> list[str]:
         return list(self.parameters.get("required", []))
 
+    def own_templates(self, lang: str, split: str) -> list[str]:
+        """The function's own templates for a split: the last one per language is held out for dev/test."""
+        if self.templates is None:
+            return []
+        forms = self.templates.forms(lang)
+        return forms[:-1] if split == "train" else forms[-1:]
+
     def openai_tool(self, lang: str = "en") -> dict[str, Any]:
         """The OpenAI `tools` entry; project-private `x-` keywords are dropped."""
         return {

@@ -27,6 +27,7 @@ class RunConfig:
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.03
     num_train_examples: int = 3000  # seeded subset of the training split
+    retrieval_top_objects: int = 4  # candidate objects listed in the prompt (0: the model learns names alone)
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     num_train_epochs: float = 1.0

@@ -19,6 +19,8 @@ from trl import SFTConfig, SFTTrainer
 from tvcall.data.prompt import training_example
 from tvcall.data.record import Record, write_atomic
 from tvcall.data.splits import read_manifest, read_split
+from tvcall.functions.registry import default_registry
+from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever
 from tvcall.training.config import RunConfig
 from tvcall.training.loading import build_model, deepspeed_path, state_bytes
 from tvcall.training.model import load_tokenizer
@@ -47,8 +49,13 @@ def training_subset(records: list[Record], size: int, seed: int) -> list[Record]
     return shuffled[:size]
 
 
-def build_dataset(tokenizer: Any, records: list[Record]) -> Dataset:
-    rows = [training_example(tokenizer, r.text, r.function, r.arguments) for r in records]
+def build_dataset(tokenizer: Any, records: list[Record], top_objects: int = DEFAULT_TOP_OBJECTS) -> Dataset:
+    """Tokenised examples; each prompt lists the objects retrieved for its text, as at serving time."""
+    retriever = Retriever(default_registry()) if top_objects else None
+    rows = []
+    for r in records:
+        options = retriever.retrieve(r.text, top_objects, must_include=r.function).options if retriever else []
+        rows.append(training_example(tokenizer, r.text, r.function, r.arguments, options))
     return Dataset.from_list(rows)
 
 
@@ -75,7 +82,7 @@ def train(config: RunConfig) -> Path:
     records = training_subset(read_split(data_dir, "train"), config.num_train_examples, config.seed)
 
     tokenizer = load_tokenizer(config.model)
-    dataset = build_dataset(tokenizer, records)
+    dataset = build_dataset(tokenizer, records, config.retrieval_top_objects)
     budget = TimeBudget(config.max_train_minutes or float("inf"))
     args = SFTConfig(
         output_dir=str(run_dir / "trainer"),
