@@ -36,20 +36,28 @@ def test_copy_spans_do_not_cut_words():
 class _TeacherLM:
     """A decoding backend that scores the gold answer's next token highest, to walk a known sequence."""
 
+    capacity = 1
+
     def __init__(self, target: list[int], vocab: int) -> None:
         self.target, self.vocab = target, vocab
 
-    def begin(self, prompt):
-        return {"answer_pos": -len(prompt)}, list(prompt)
+    def open(self, prompt):
+        return {"answer_pos": 0, "pending": len(prompt)}
 
-    def run(self, session, tokens):
-        session["answer_pos"] += len(tokens)
-        logits = torch.zeros(self.vocab)
-        if 0 <= session["answer_pos"] < len(self.target):
-            logits[self.target[session["answer_pos"]]] = 10.0
-        return logits
+    def close(self, session):
+        pass
 
-    def score(self, head, allowed):
+    def forward(self, sessions, tokens):
+        heads = []
+        for session, new in zip(sessions, tokens, strict=True):
+            session["answer_pos"] += len(new)
+            logits = torch.zeros(self.vocab)
+            if session["answer_pos"] < len(self.target):
+                logits[self.target[session["answer_pos"]]] = 10.0
+            heads.append(logits)
+        return heads
+
+    def scores(self, head, allowed):
         return head[allowed]
 
 
@@ -64,18 +72,32 @@ def test_decoder_walks_exactly_the_training_tokens(registry, tokenizer):
 
 
 def test_fast_path_gives_the_same_logits_as_transformers(tokenizer, base_model):
-    fast = FastLlama(base_model)
-    prompt = P.prompt_ids(tokenizer, "把音量调到20")
+    fast = FastLlama(base_model, batch=2)
     fast.set_prefix(shared_prompt_prefix(tokenizer))
-    cache, rest = fast.start(prompt)
-    assert len(rest) < len(prompt)  # the shared prefix came from the cache
-    hidden = fast.forward(rest, cache)
-    hidden = fast.forward([tokenizer.encode("{")[0]], cache)
-    with torch.inference_mode():
-        reference = base_model(input_ids=torch.tensor([prompt + [tokenizer.encode("{")[0]]])).logits[0, -1]
-    assert torch.allclose(fast.logits(hidden), reference, atol=1e-3)
-    allowed = [5, 17, 300]
-    assert torch.allclose(fast.scores(hidden, allowed), reference[allowed], atol=1e-3)
+    brace = tokenizer.encode("{")[0]
+    prompts = [P.prompt_ids(tokenizer, "把音量调到20"), P.prompt_ids(tokenizer, "turn it up")]
+    slots = [fast.open(p) for p in prompts]
+    assert len(slots[0].pending) < len(prompts[0])  # the shared prefix came from the cache
+    fast.forward(slots, [[], []])  # prompts of different lengths in one batch
+    hidden = fast.forward(slots, [[brace], [brace, brace]])
+    for prompt, extra, h in zip(prompts, [[brace], [brace, brace]], hidden, strict=True):
+        with torch.inference_mode():
+            reference = base_model(input_ids=torch.tensor([prompt + extra])).logits[0, -1]
+        assert torch.allclose(fast.logits(h), reference, atol=1e-3)
+        allowed = [5, 17, 300]
+        assert torch.allclose(fast.scores(h, allowed), reference[allowed], atol=1e-3)
+    for slot in slots:
+        fast.close(slot)
+    assert sorted(fast.free) == [0, 1]
+
+
+def test_batched_routing_equals_one_at_a_time(registry, tokenizer, base_model):
+    engine = TransformersEngine(base_model, tokenizer, registry, backend="fast")
+    texts = ["把音量调到20", "switch to HDMI 2", "霸王别姬的导演是谁", "write me a poem", "set a sleep timer for 30 minutes"]
+    single = [engine.route(t).call() for t in texts]
+    assert [r.call() for r in engine.route_batch(texts)] == single
+    reference = TransformersEngine(base_model, tokenizer, registry, backend="hf")
+    assert [reference.route(t).call() for t in texts] == single
 
 
 @pytest.mark.parametrize("backend", ["fast", "hf"])

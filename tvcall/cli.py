@@ -73,6 +73,37 @@ def _engine(run: str, threads: int | None):  # noqa: ANN202 - lazy import keeps 
     return TransformersEngine.from_run(Path(run))
 
 
+def _backend_engine(args: argparse.Namespace):  # noqa: ANN202 - lazy imports keep `--help` fast
+    """`--backend`: local (transformers + the trie decoder), vllm (in-process) or remote (an OpenAI-compatible server)."""
+    if args.backend == "local":
+        return _engine(args.run, args.threads)
+    if args.backend == "vllm":
+        from tvcall.app.vllm_engine import VLLMEngine
+
+        return VLLMEngine.from_run(Path(args.run))
+    from tvcall.app.remote_engine import OpenAIRemoteEngine
+    from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS
+    from tvcall.training.export import read_run_config
+
+    if not args.base_url:
+        print("tvcall: error: --backend remote needs --base-url (e.g. http://127.0.0.1:8000/v1)", file=sys.stderr)
+        raise SystemExit(2)
+    try:  # the run whose model the server serves: retrieve as it was trained
+        top_objects = int(read_run_config(Path(args.run)).get("retrieval_top_objects", 0))
+    except FileNotFoundError:
+        top_objects = DEFAULT_TOP_OBJECTS
+    return OpenAIRemoteEngine(args.base_url, args.model, protocol=args.protocol, top_objects=top_objects)
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="local", choices=["local", "vllm", "remote"],
+                   help="local: transformers + trie decoder; vllm: vLLM in-process (GPU); remote: an OpenAI-compatible server")
+    p.add_argument("--base-url", help="remote: the server's base URL, ending in /v1 (API key: $TVCALL_REMOTE_API_KEY)")
+    p.add_argument("--model", default="tvcall", help="remote: the served model name (vllm serve: the --lora-modules NAME)")
+    p.add_argument("--protocol", default="vllm", choices=["vllm", "openai", "tools"],
+                   help="remote: vllm = structured_outputs, openai = response_format json_schema, tools = the server routes (tvcall serve)")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from tvcall.data.splits import read_manifest, read_split
     from tvcall.eval.runner import evaluate
@@ -80,15 +111,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     records = read_split(Path(args.data), args.split)
     if args.limit:
         records = records[: args.limit]
-    engine = _engine(args.run, args.threads)
+    engine = _backend_engine(args)
     meta = {"run": args.run, "split": args.split, "data_version": read_manifest(Path(args.data))["version"]}
-    path = evaluate(engine, records, Path(args.out or Path(args.run) / f"eval-{args.split}"), meta)
+    out = Path(args.run) / f"eval-{args.split}"
+    if args.backend != "local":
+        meta |= {"backend": args.backend} | ({"base_url": args.base_url, "model": args.model, "protocol": args.protocol} if args.backend == "remote" else {})
+        out = out.with_name(f"{out.name}-{args.backend}")
+    path = evaluate(engine, records, Path(args.out or out), meta)
     print((path.parent / "report.md").read_text())
     print(path)
 
 
 def cmd_route(args: argparse.Namespace) -> None:
-    engine = _engine(args.run, args.threads)
+    engine = _backend_engine(args)
     texts = args.text or [line.strip() for line in sys.stdin if line.strip()]
     for text in texts:
         result = engine.route(text)
@@ -173,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT)")
     p.add_argument("--threads", type=int, help="torch threads")
+    _add_backend_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("route", help="route commands to function calls (from arguments or stdin)")
@@ -180,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=DEFAULT_RUN)
     p.add_argument("--threads", type=int)
     p.add_argument("-v", "--verbose", action="store_true", help="also print confidence, latency and decode stats")
+    _add_backend_args(p)
     p.set_defaults(func=cmd_route)
 
     p = sub.add_parser("serve", help="HTTP router: /v1/route, /v1/chat/completions, /v1/functions, /metrics")

@@ -11,7 +11,7 @@ without asking it; the model only runs where there is a real choice.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -84,66 +84,54 @@ class Decoded:
 
 
 class TransformersLM:
-    """Decoding steps through a transformers model and its own KV cache."""
+    """Decoding steps through a transformers model and its own KV cache (the reference path; no batching)."""
+
+    capacity = 1_000_000
 
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def begin(self, prompt: list[int]) -> tuple[dict[str, Any], list[int]]:
-        return {"cache": None}, list(prompt)
+    def open(self, prompt: list[int]) -> dict[str, Any]:
+        return {"cache": None, "pending": list(prompt)}
 
-    def run(self, session: dict[str, Any], tokens: list[int]) -> torch.Tensor:
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([tokens]), cache=session["cache"], use_cache=True, logits_to_keep=1)
-        session["cache"] = out.past_key_values
-        return out.logits[0, -1].float()
+    def close(self, session: dict[str, Any]) -> None:
+        session["cache"] = None
 
-    def score(self, head: torch.Tensor, allowed: list[int]) -> torch.Tensor:
+    def forward(self, sessions: list[dict[str, Any]], tokens: list[list[int]]) -> list[torch.Tensor]:
+        heads = []
+        for session, new in zip(sessions, tokens, strict=True):
+            ids = session["pending"] + list(new)
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.tensor([ids]), cache=session["cache"], use_cache=True, logits_to_keep=1)
+            session["cache"], session["pending"] = out.past_key_values, []
+            heads.append(out.logits[0, -1].float())
+        return heads
+
+    def scores(self, head: torch.Tensor, allowed: list[int]) -> torch.Tensor:
         return head[allowed]
 
 
-class FastLM:
-    """Decoding steps through `FastLlama` with its static, prefix-cached KV cache."""
-
-    def __init__(self, fast: Any) -> None:
-        self.fast = fast
-        self._cache = fast.new_cache()
-
-    def begin(self, prompt: list[int]) -> tuple[Any, list[int]]:
-        return self.fast.start(prompt, self._cache)
-
-    def run(self, session: Any, tokens: list[int]) -> torch.Tensor:
-        return self.fast.forward(tokens, session)
-
-    def score(self, head: torch.Tensor, allowed: list[int]) -> torch.Tensor:
-        return self.fast.scores(head, allowed)
+Step = tuple[list[int], list[int]]  # tokens to run first (empty: reuse the last state), tokens allowed next
 
 
 @dataclass
-class _LMState:
-    """One decode: the backend's session plus tokens fed but not yet run."""
+class _Walk:
+    """Bookkeeping of one decode: tokens fed but not yet run, and counts."""
 
-    lm: Any
-    session: Any
     pending: list[int]
-    head: torch.Tensor | None = None
     calls: int = 0
     forced: int = 0
     decided: int = 0
 
     def feed(self, tokens: Sequence[int], forced: bool = True) -> None:
-        if tokens:
-            self.pending.extend(tokens)
-            self.head = None
-            if forced:
-                self.forced += len(tokens)
+        self.pending.extend(tokens)
+        if forced:
+            self.forced += len(tokens)
 
-    def scores(self, allowed: list[int]) -> torch.Tensor:
-        if self.head is None:
-            self.head = self.lm.run(self.session, self.pending)
-            self.pending = []
-            self.calls += 1
-        return self.lm.score(self.head, allowed)
+    def take(self) -> list[int]:
+        tokens, self.pending = self.pending, []
+        self.calls += bool(tokens)
+        return tokens
 
 
 class ConstrainedDecoder:
@@ -208,7 +196,7 @@ class ConstrainedDecoder:
 
     # --- decoding --------------------------------------------------------------------------------
     @staticmethod
-    def _choose(state: _LMState, trie: TokenTrie, follow: frozenset[int] = frozenset()) -> tuple[Any, float]:
+    def _choose(walk: _Walk, trie: TokenTrie, follow: frozenset[int] = frozenset()) -> Generator[Step, torch.Tensor, tuple[Any, float]]:
         """Greedy walk of `trie`; `follow` are the first tokens of what comes next (to end a prefix alternative)."""
         node, logprob = trie.root, 0.0
         while True:
@@ -217,51 +205,83 @@ class ConstrainedDecoder:
                 return node.payload, logprob
             allowed = list(node.children) + ([t for t in follow if t not in node.children] if ending else [])
             if len(allowed) == 1 and not ending:
-                state.feed([allowed[0]])
+                walk.feed([allowed[0]])
                 node = node.children[allowed[0]]
                 continue
-            scores = state.scores(allowed)
+            scores = yield walk.take(), allowed
             best = int(torch.argmax(scores))
             logprob += float(torch.log_softmax(scores, dim=0)[best])
             token = allowed[best]
-            state.decided += 1
+            walk.decided += 1
             if token not in node.children:  # the next segment starts: this alternative ends here
                 return node.payload, logprob
-            state.feed([token], forced=False)
+            walk.feed([token], forced=False)
             node = node.children[token]
 
     def candidate_trie(self, candidates: Sequence[str]) -> TokenTrie:
         """Names narrowed to `candidates` (retrieved functions); "no function" stays allowed."""
         return TokenTrie((self._name_ids[n], n) for n in [*candidates, None] if n in self._name_ids)
 
-    def decode(self, text: str, candidates: Sequence[str] | None = None, options: Sequence[str] = ()) -> Decoded:
-        session, pending = self.lm.begin(P.prompt_ids(self.tokenizer, text, options))
-        state = _LMState(self.lm, session, pending)
-        state.feed(self._ids(P.NAME_OPEN))
+    def _steps(self, text: str, candidates: Sequence[str] | None) -> Generator[Step, torch.Tensor, Decoded]:
+        """One decode as a coroutine: yields what to run and score, receives the scores."""
+        walk = _Walk(pending=list(self._ids(P.NAME_OPEN)))
         names = self.name_trie if candidates is None else self.candidate_trie(candidates)
-        name, name_logprob = self._choose(state, names)
+        name, name_logprob = yield from self._choose(walk, names)
         logprob = name_logprob
         arguments: dict[str, Any] = {}
-        if name is None:
-            out = P.answer_text(None, {})
-        else:
+        if name is not None:
             spec = self.registry[name]
             props = list(spec.properties)
-            state.feed(self._ids(P.ARGS_OPEN))
+            walk.feed(self._ids(P.ARGS_OPEN))
             position = -1
             while True:
-                key, lp = self._choose(state, self.key_trie(spec, position))
+                key, lp = yield from self._choose(walk, self.key_trie(spec, position))
                 logprob += lp
                 if key is _CLOSE:
                     break
                 position = props.index(key)
                 follow = self.key_trie(spec, position).first_tokens()
-                value, lp = self._choose(state, self.value_trie(spec.properties[key], text), follow)
+                value, lp = yield from self._choose(walk, self.value_trie(spec.properties[key], text), follow)
                 logprob += lp
                 arguments[key] = value
-            out = P.answer_text(name, arguments)
         return Decoded(
-            name=name, arguments=arguments, text=out, confidence=math.exp(logprob),
-            name_confidence=math.exp(name_logprob), model_calls=state.calls,
-            decided_tokens=state.decided, forced_tokens=state.forced,
+            name=name, arguments=arguments, text=P.answer_text(name, arguments), confidence=math.exp(logprob),
+            name_confidence=math.exp(name_logprob), model_calls=walk.calls,
+            decided_tokens=walk.decided, forced_tokens=walk.forced,
         )
+
+    def decode(self, text: str, candidates: Sequence[str] | None = None, options: Sequence[str] = ()) -> Decoded:
+        return self.decode_batch([text], [candidates], [options])[0]
+
+    def decode_batch(self, texts: Sequence[str], candidates: Sequence[Sequence[str] | None],
+                     options: Sequence[Sequence[str]]) -> list[Decoded]:
+        """Decode several utterances together: each model step runs every sequence that needs one at once."""
+        results: list[Decoded] = []
+        for start in range(0, len(texts), self.lm.capacity):
+            chunk = range(start, min(len(texts), start + self.lm.capacity))
+            results += self._decode_chunk([texts[i] for i in chunk], [candidates[i] for i in chunk], [options[i] for i in chunk])
+        return results
+
+    def _decode_chunk(self, texts: list[str], candidates: list[Sequence[str] | None], options: list[Sequence[str]]) -> list[Decoded]:
+        sessions = [self.lm.open(P.prompt_ids(self.tokenizer, t, o)) for t, o in zip(texts, options, strict=True)]
+        try:
+            walks = [self._steps(t, c) for t, c in zip(texts, candidates, strict=True)]
+            steps: list[Step | None] = [next(w) for w in walks]
+            heads: list[Any] = [None] * len(walks)
+            results: list[Decoded | None] = [None] * len(walks)
+            while any(step is not None for step in steps):
+                runs = [i for i, step in enumerate(steps) if step is not None and step[0]]
+                if runs:
+                    for i, head in zip(runs, self.lm.forward([sessions[i] for i in runs], [steps[i][0] for i in runs]), strict=True):
+                        heads[i] = head
+                for i, step in enumerate(steps):
+                    if step is None:
+                        continue
+                    try:
+                        steps[i] = walks[i].send(self.lm.scores(heads[i], step[1]))
+                    except StopIteration as done:
+                        steps[i], results[i] = None, done.value
+        finally:
+            for session in sessions:
+                self.lm.close(session)
+        return [r for r in results if r is not None]

@@ -11,13 +11,16 @@ from typing import Any
 import torch
 import yaml
 
-from tvcall.app.decoder import ConstrainedDecoder, FastLM, TransformersLM
+from tvcall.app.decoder import ConstrainedDecoder, Decoded, TransformersLM
 from tvcall.app.fastlm import FastLlama
 from tvcall.data.prompt import prompt_ids
 from tvcall.functions.registry import Registry, default_registry
 from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever
 from tvcall.functions.validate import call_errors
 from tvcall.training.model import load_model, load_tokenizer, model_source
+
+
+MAX_PROMPT_TOKENS = 384  # the fast path's cache holds 512 tokens: room for the longest answer after the prompt
 
 
 @dataclass
@@ -59,6 +62,7 @@ class TransformersEngine(Engine):
                  top_objects: int | None = DEFAULT_TOP_OBJECTS) -> None:
         self.registry = registry or default_registry()
         self.top_objects = top_objects
+        self.max_prompt_tokens = MAX_PROMPT_TOKENS
         self.retriever = Retriever(self.registry) if top_objects else None
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -66,7 +70,7 @@ class TransformersEngine(Engine):
         if backend == "fast":
             fast = FastLlama(self.model)
             fast.set_prefix(shared_prompt_prefix(tokenizer))
-            lm: Any = FastLM(fast)
+            lm: Any = fast
         elif backend == "hf":
             lm = TransformersLM(self.model)
         else:
@@ -95,16 +99,23 @@ class TransformersEngine(Engine):
         return cls(model, load_tokenizer(source), registry, backend, top_objects)
 
     def route(self, text: str) -> RouteResult:
+        return self.route_batch([text])[0]
+
+    def route_batch(self, texts: list[str]) -> list[RouteResult]:
+        """Route several utterances in one batched decode; results in order, each as `route` would give."""
         started = time.perf_counter()
         if self.retriever is not None and self.top_objects:
-            retrieved = self.retriever.retrieve(text, self.top_objects)
-            decoded = self.decoder.decode(text, retrieved.functions, retrieved.options)
+            found = [self.retriever.retrieve(t, self.top_objects) for t in texts]
+            decoded = self.decoder.decode_batch(texts, [f.functions for f in found], [f.options for f in found])
         else:
-            decoded = self.decoder.decode(text)
-        errors = call_errors(self.registry, decoded.name, decoded.arguments)
+            decoded = self.decoder.decode_batch(texts, [None] * len(texts), [()] * len(texts))
+        latency_ms = (time.perf_counter() - started) * 1000
+        return [self._result(d, latency_ms) for d in decoded]
+
+    def _result(self, decoded: Decoded, latency_ms: float) -> RouteResult:
         return RouteResult(
-            name=decoded.name, arguments=decoded.arguments, confidence=decoded.confidence,
-            latency_ms=(time.perf_counter() - started) * 1000, raw=decoded.text, errors=errors,
+            name=decoded.name, arguments=decoded.arguments, confidence=decoded.confidence, latency_ms=latency_ms,
+            raw=decoded.text, errors=call_errors(self.registry, decoded.name, decoded.arguments),
             stats={"model_calls": decoded.model_calls, "decided_tokens": decoded.decided_tokens,
                    "forced_tokens": decoded.forced_tokens},
         )

@@ -1,8 +1,8 @@
 """A lean inference path for Llama-family models (SmolLM2) on CPU: the same weights and maths as
 transformers, without its per-call overhead.
 
-- a static KV cache, preallocated once, with the chat-template prefix every prompt shares computed once
-  and copied in (prefix caching);
+- a static KV cache for a batch of sequences, preallocated once, with the chat-template prefix every
+  prompt shares computed once and copied in (prefix caching); sequences of different lengths run together;
 - fused QKV and gate/up projections (fewer, larger matmuls);
 - the output projection only for the tokens the constraint allows (a handful of rows of the 49k-row
   embedding instead of all of them);
@@ -11,7 +11,7 @@ transformers, without its per-call overhead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -28,14 +28,16 @@ class _Layer:
 
 
 @dataclass
-class KVCache:
-    keys: torch.Tensor  # layers × kv_heads × max_len × head_dim
-    values: torch.Tensor
+class Slot:
+    """One sequence in the batch cache: its row, how many tokens it holds, and prompt tokens not yet run."""
+
+    index: int
     length: int = 0
+    pending: list[int] = field(default_factory=list)
 
 
 class FastLlama:
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32, max_len: int = 512) -> None:
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32, max_len: int = 512, batch: int = 8) -> None:
         config = model.config
         if config.model_type not in ("llama", "qwen2"):
             raise ValueError(f"FastLlama runs llama/qwen2 models, not {config.model_type}")
@@ -70,32 +72,39 @@ class FastLlama:
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)
         self.cos, self.sin = angles.cos().to(dtype), angles.sin().to(dtype)
-        self._prefix: tuple[list[int], KVCache] | None = None
+        shape = (len(self.layers), batch, self.kv_heads, max_len, self.head_dim)
+        self.keys, self.values = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
+        self.free = list(range(batch))
+        self.prefix: list[int] = []
 
-    # --- cache ----------------------------------------------------------------------------------
-    def new_cache(self) -> KVCache:
-        shape = (len(self.layers), self.kv_heads, self.max_len, self.head_dim)
-        return KVCache(torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype))
+    # --- cache ---------------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[1]
 
     def set_prefix(self, tokens: list[int]) -> None:
-        """Compute the KV of a prefix every prompt shares (the chat template's system turn) once."""
-        cache = self.new_cache()
-        self.forward(tokens, cache)
-        self._prefix = (list(tokens), cache)
+        """Compute once the KV of the prefix every prompt shares (the chat template's system turn)."""
+        slot = self.open([])
+        self.forward([slot], [list(tokens)])
+        self._prefix_keys = self.keys[:, slot.index, :, : len(tokens)].clone()
+        self._prefix_values = self.values[:, slot.index, :, : len(tokens)].clone()
+        self.close(slot)
+        self.prefix = list(tokens)
 
-    def start(self, prompt: list[int], cache: KVCache | None = None) -> tuple[KVCache, list[int]]:
-        """A cache holding the shared prefix (when `prompt` starts with it) and the tokens still to run."""
-        cache = cache or self.new_cache()
-        cache.length = 0
-        if self._prefix is not None:
-            prefix, source = self._prefix
-            if prompt[: len(prefix)] == prefix:
-                n = len(prefix)
-                cache.keys[:, :, :n] = source.keys[:, :, :n]
-                cache.values[:, :, :n] = source.values[:, :, :n]
-                cache.length = n
-                return cache, prompt[n:]
-        return cache, list(prompt)
+    def open(self, prompt: list[int]) -> Slot:
+        """A free row of the cache holding the shared prefix (when `prompt` starts with it); the rest is pending."""
+        if not self.free:
+            raise RuntimeError(f"all {self.capacity} cache slots are in use")
+        slot = Slot(self.free.pop(0), pending=list(prompt))
+        n = len(self.prefix)
+        if n and prompt[:n] == self.prefix:
+            self.keys[:, slot.index, :, :n] = self._prefix_keys
+            self.values[:, slot.index, :, :n] = self._prefix_values
+            slot.length, slot.pending = n, list(prompt[n:])
+        return slot
+
+    def close(self, slot: Slot) -> None:
+        self.free.append(slot.index)
 
     # --- maths ----------------------------------------------------------------------------------
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -108,38 +117,46 @@ class FastLlama:
         return x * cos + rotated * sin
 
     @torch.inference_mode()
-    def forward(self, tokens: list[int], cache: KVCache) -> torch.Tensor:
-        """Run `tokens` after what `cache` holds; returns the final hidden state of the last token."""
-        start, count = cache.length, len(tokens)
-        end = start + count
-        if end > self.max_len:
-            raise ValueError(f"sequence of {end} tokens exceeds the cache of {self.max_len}")
-        x = self.embed[torch.tensor(tokens)]  # T × hidden
-        cos, sin = self.cos[start:end], self.sin[start:end]
+    def forward(self, slots: list[Slot], tokens: list[list[int]]) -> list[torch.Tensor]:
+        """Run each slot's pending prompt plus its `tokens`, batched; returns each one's final hidden state."""
+        runs = [slot.pending + list(t) for slot, t in zip(slots, tokens, strict=True)]
+        count = max(len(r) for r in runs)
+        starts = torch.tensor([slot.length for slot in slots])
+        if int(starts.max()) + count > self.max_len:
+            raise ValueError(f"sequence of {int(starts.max()) + count} tokens exceeds the cache of {self.max_len}")
+        batch = len(slots)
+        rows = torch.tensor([slot.index for slot in slots])
+        ids = torch.tensor([r + [0] * (count - len(r)) for r in runs])  # padding lands past each sequence's end
+        positions = starts[:, None] + torch.arange(count)[None, :]  # B × T
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # B × 1 × T × D
+        span = int(positions.max()) + 1
+        mask = (torch.arange(span)[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # B × 1 × T × S
+        row_index = rows[:, None].expand(batch, count)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        mask = None
-        if count > 1:
-            positions = torch.arange(end)
-            mask = positions[None, :] <= torch.arange(start, end)[:, None]  # T × S, causal after the cache
+        x = self.embed[ids]  # B × T × hidden
         for index, layer in enumerate(self.layers):
             h = self._rms(x, layer.ln1)
             qkv = h @ layer.wqkv.T
-            q = qkv[:, :q_size].view(count, self.heads, self.head_dim).transpose(0, 1)
-            k = qkv[:, q_size:q_size + kv_size].view(count, self.kv_heads, self.head_dim).transpose(0, 1)
-            v = qkv[:, q_size + kv_size:].view(count, self.kv_heads, self.head_dim).transpose(0, 1)
+            q = qkv[..., :q_size].view(batch, count, self.heads, self.head_dim).transpose(1, 2)
+            k = qkv[..., q_size:q_size + kv_size].view(batch, count, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = qkv[..., q_size + kv_size:].view(batch, count, self.kv_heads, self.head_dim)
             q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-            cache.keys[index, :, start:end] = k
-            cache.values[index, :, start:end] = v
+            keys, values = self.keys[index], self.values[index]  # slots × kv_heads × max_len × D
+            keys[row_index, :, positions] = k.transpose(1, 2)
+            values[row_index, :, positions] = v
             attn = F.scaled_dot_product_attention(
-                q.unsqueeze(0), cache.keys[index, :, :end].unsqueeze(0), cache.values[index, :, :end].unsqueeze(0),
-                attn_mask=mask, enable_gqa=True,
-            )[0]
-            x = x + attn.transpose(0, 1).reshape(count, q_size) @ layer.wo.T
+                q, keys[rows, :, :span], values[rows, :, :span], attn_mask=mask, enable_gqa=True,
+            )
+            x = x + attn.transpose(1, 2).reshape(batch, count, q_size) @ layer.wo.T
             h = self._rms(x, layer.ln2)
             gate, up = (h @ layer.wgu.T).chunk(2, dim=-1)
             x = x + (F.silu(gate) * up) @ layer.wdown.T
-        cache.length = end
-        return self._rms(x[-1], self.norm)
+        last = torch.tensor([len(r) - 1 for r in runs])
+        hidden = self._rms(x[torch.arange(batch), last], self.norm)
+        for slot, run in zip(slots, runs, strict=True):
+            slot.length += len(run)
+            slot.pending = []
+        return list(hidden)
 
     def scores(self, hidden: torch.Tensor, allowed: list[int]) -> torch.Tensor:
         """Logits of the `allowed` tokens only."""
