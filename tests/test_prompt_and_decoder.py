@@ -122,3 +122,14 @@ def test_post_decoding_validation_catches_out_of_bounds_integers(registry):
     assert call_errors(registry, "picture.brightness.set", {"value": 1000})
     assert call_errors(registry, "picture.brightness.set", {})
     assert call_errors(registry, "no.such.function", {})
+
+
+def test_grounding_keeps_only_values_the_utterance_says(registry):
+    from tvcall.app.grounding import grounded_values
+
+    value = registry["picture.brightness.set"].properties["value"]
+    assert grounded_values(value, "把亮度调到二十") == [20]
+    assert grounded_values(value, "set brightness to twenty five") == [25]
+    assert grounded_values(value, "brightness 35 please") == [35]
+    assert grounded_values(registry["picture.picture_mode.set"].properties["value"], "切到游戏画面模式") == ["game"]
+    assert grounded_values(registry["picture.tint.decrease"].properties["step"], "reduce the tint a bit") == []

@@ -10,6 +10,7 @@ without asking it; the model only runs where there is a real choice.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from tvcall.app.grounding import groundable, grounded_values
 from tvcall.data import prompt as P
 from tvcall.functions.registry import Registry
 from tvcall.functions.spec import FunctionSpec
@@ -152,15 +154,19 @@ class ConstrainedDecoder:
         lookup = dict(zip(unique, encoded, strict=True))
         return TokenTrie((lookup[text], payload) for text, payload in alternatives)
 
-    def key_trie(self, spec: FunctionSpec, position: int) -> TokenTrie:
-        """Keys that may follow the key at `position` (-1: none yet), in schema order, or the closing braces."""
-        cache_key = (spec.name, position)
+    def key_trie(self, spec: FunctionSpec, position: int, available: frozenset[str] | None = None) -> TokenTrie:
+        """Keys that may follow the key at `position` (-1: none yet), in schema order, or the closing braces.
+
+        `available`: the optional keys the utterance grounds (None: all); required keys are always allowed.
+        """
+        cache_key = (spec.name, position, available)
         if cache_key not in self._key_tries:
             props = list(spec.properties)
             required = set(spec.required)
             alternatives: list[tuple[str, Any]] = []
             for index in range(position + 1, len(props)):
-                alternatives.append((P.key_segment(props[index], first=position == -1), props[index]))
+                if available is None or props[index] in available or props[index] in required:
+                    alternatives.append((P.key_segment(props[index], first=position == -1), props[index]))
                 if props[index] in required:
                     break
             if not required & set(props[position + 1:]):
@@ -168,10 +174,13 @@ class ConstrainedDecoder:
             self._key_tries[cache_key] = self._trie(alternatives)
         return self._key_tries[cache_key]
 
-    def value_trie(self, schema: dict[str, Any], text: str) -> TokenTrie:
-        if "enum" in schema:
-            key: tuple[Any, ...] = ("enum", tuple(schema["enum"]))
-            values: list[Any] = list(schema["enum"])
+    def value_trie(self, schema: dict[str, Any], text: str, grounded: list[Any] | None = None) -> TokenTrie:
+        """What a value may be: `grounded` values when given, else all the schema allows (strings: spans of `text`)."""
+        if grounded:
+            key: tuple[Any, ...] = ("grounded", json.dumps(grounded))
+            values: list[Any] = grounded
+        elif "enum" in schema:
+            key, values = ("enum", tuple(schema["enum"])), list(schema["enum"])
         elif schema.get("type") == "boolean":
             key, values = ("boolean",), [True, False]
         elif schema.get("type") == "integer":
@@ -180,8 +189,8 @@ class ConstrainedDecoder:
         else:
             key, values = ("copy", text), utterance_spans(text)
         if key not in self._value_tries:
-            if key[0] == "copy" and len(self._value_tries) > 4096:
-                self._value_tries = {k: v for k, v in self._value_tries.items() if k[0] != "copy"}
+            if key[0] in ("copy", "grounded") and len(self._value_tries) > 4096:
+                self._value_tries = {k: v for k, v in self._value_tries.items() if k[0] not in ("copy", "grounded")}
             self._value_tries[key] = self._trie([(P.value_segment(v), v) for v in values])
         return self._value_tries[key]
 
@@ -232,16 +241,19 @@ class ConstrainedDecoder:
         if name is not None:
             spec = self.registry[name]
             props = list(spec.properties)
+            said = {k: grounded_values(schema, text) for k, schema in spec.properties.items() if groundable(schema)}
+            available = frozenset(k for k in props if k not in said or said[k])
             walk.feed(self._ids(P.ARGS_OPEN))
             position = -1
             while True:
-                key, lp = yield from self._choose(walk, self.key_trie(spec, position))
+                key, lp = yield from self._choose(walk, self.key_trie(spec, position, available))
                 logprob += lp
                 if key is _CLOSE:
                     break
                 position = props.index(key)
-                follow = self.key_trie(spec, position).first_tokens()
-                value, lp = yield from self._choose(walk, self.value_trie(spec.properties[key], text), follow)
+                follow = self.key_trie(spec, position, available).first_tokens()
+                value_trie = self.value_trie(spec.properties[key], text, said.get(key))
+                value, lp = yield from self._choose(walk, value_trie, follow)
                 logprob += lp
                 arguments[key] = value
         return Decoded(

@@ -19,7 +19,6 @@ from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever
 from tvcall.functions.validate import call_errors
 from tvcall.training.model import load_model, load_tokenizer, model_source
 
-
 MAX_PROMPT_TOKENS = 384  # the fast path's cache holds 512 tokens: room for the longest answer after the prompt
 
 
