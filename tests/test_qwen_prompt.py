@@ -5,6 +5,8 @@ from trl import SFTConfig, SFTTrainer
 from tvcall.app.engine import TransformersEngine
 from tvcall.data import prompt as P
 from tvcall.data.splits import read_split
+from tvcall.functions.registry import default_registry
+from tvcall.functions.retrieve import Retriever
 from tvcall.training.model import load_model
 from tvcall.training.train import build_dataset
 
@@ -24,9 +26,11 @@ def test_trainer_keeps_the_rendered_tokens_and_masks_the_prompt(qwen_dir, qwen_t
     dataset = build_dataset(qwen_tokenizer, records)
     args = SFTConfig(output_dir=str(tmp_path), completion_only_loss=True, max_length=None, use_cpu=True, report_to=[])
     trainer = SFTTrainer(model=load_model(str(qwen_dir)), args=args, train_dataset=dataset, processing_class=qwen_tokenizer)
+    retriever = Retriever(default_registry())
     for row, record in zip(trainer.train_dataset, records, strict=True):
-        prompt = P.prompt_ids(qwen_tokenizer, record.text)
-        assert row["input_ids"] == P.training_example(qwen_tokenizer, record.text, record.function, record.arguments)["input_ids"]
+        options = retriever.retrieve(record.text, must_include=record.function).options  # as training lists them
+        prompt = P.prompt_ids(qwen_tokenizer, record.text, options)
+        assert row["input_ids"] == P.training_example(qwen_tokenizer, record.text, record.function, record.arguments, options)["input_ids"]
         labels = trainer.data_collator([row])["labels"][0].tolist()
         assert labels[: len(prompt)] == [-100] * len(prompt) and -100 not in labels[len(prompt):]
 
@@ -45,7 +49,8 @@ def test_serving_feeds_the_training_tokens_token_for_token(qwen_dir, qwen_tokeni
         fed.clear()
         result = engine.route(record_.text)
         assert result.valid, result.errors
-        trained = P.training_example(qwen_tokenizer, record_.text, result.name, result.arguments)
+        options = engine.retriever.retrieve(record_.text, engine.top_objects).options
+        trained = P.training_example(qwen_tokenizer, record_.text, result.name, result.arguments, options)
         prompt_len = trained["completion_mask"].index(1)
         assert len(fed) > prompt_len and fed == trained["input_ids"][: len(fed)]
-        assert fed[:prompt_len] == P.prompt_ids(qwen_tokenizer, record_.text)
+        assert fed[:prompt_len] == P.prompt_ids(qwen_tokenizer, record_.text, options)

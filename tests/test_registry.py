@@ -70,7 +70,8 @@ def _catalog_copy(tmp_path: Path) -> Path:
 def test_duplicate_function_name_names_file_line_and_function(tmp_path):
     catalog = _catalog_copy(tmp_path)
     text = (catalog / "picture.yaml").read_text()
-    (catalog / "picture.yaml").write_text(text + "  - {kind: level, object: brightness, zh: [亮度], en: [brightness], min: 0, max: 9}\n")
+    duplicate = "families:\n  - {kind: level, object: brightness, zh: [亮度], en: [brightness], min: 0, max: 9}\n"
+    (catalog / "picture.yaml").write_text(text.replace("families:\n", duplicate, 1))
     with pytest.raises(InputError) as err:
         load_registry(catalog)
     assert "picture.yaml:" in str(err.value) and "picture.brightness.get" in str(err.value) and "duplicate" in str(err.value)
