@@ -140,10 +140,10 @@ class ConstrainedDecoder:
     def __init__(self, lm: Any, tokenizer: Any, registry: Registry) -> None:
         self.lm, self.tokenizer, self.registry = lm, tokenizer, registry
         self._ids = lru_cache(maxsize=65536)(lambda s: tuple(P.segment_ids(tokenizer, s)))
-        self.name_trie = self._trie([(P.name_segment(n), n) for n in registry.names] + [(P.name_segment(None), None)])
         names = [*registry.names, None]
         self._name_ids = dict(zip(names, tokenizer([P.name_segment(n) for n in names], add_special_tokens=False)["input_ids"],
                                   strict=True))
+        self.name_trie = self.candidate_trie(registry.names)
         self._key_tries: dict[tuple[str, int], TokenTrie] = {}
         self._value_tries: dict[tuple[Any, ...], TokenTrie] = {}
 
@@ -194,16 +194,6 @@ class ConstrainedDecoder:
             self._value_tries[key] = self._trie([(P.value_segment(v), v) for v in values])
         return self._value_tries[key]
 
-    def warm_up(self) -> None:
-        """Build every key and typed value trie now rather than on a user's request."""
-        for spec in self.registry.functions.values():
-            for position in range(-1, len(spec.properties)):
-                self.key_trie(spec, position)
-            for schema in spec.properties.values():
-                if schema.get("type") != "string" or "enum" in schema:
-                    self.value_trie(schema, "")
-
-    # --- decoding --------------------------------------------------------------------------------
     @staticmethod
     def _choose(walk: _Walk, trie: TokenTrie, follow: frozenset[int] = frozenset()) -> Generator[Step, torch.Tensor, tuple[Any, float]]:
         """Greedy walk of `trie`; `follow` are the first tokens of what comes next (to end a prefix alternative)."""
