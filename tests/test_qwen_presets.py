@@ -78,3 +78,13 @@ def test_all_linear_targets_every_decoder_linear_but_not_lm_head(qwen_dir):
     config = load_config("qwen2.5-7b-lora-all", [f"model={qwen_dir}"])
     peft_model = get_peft_model(load_model(config.model), lora_config(config))
     assert _lora_modules(peft_model) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_lora_top_layers_adapt_only_the_last_layers(qwen_dir):
+    config = load_config("qwen2.5-7b-lora-all", [f"model={qwen_dir}", "lora_top_layers=1"])
+    model = load_model(config.model)
+    peft_model = get_peft_model(model, lora_config(config, model))
+    last = model.config.num_hidden_layers - 1
+    wrapped = [n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and m.lora_A]
+    assert wrapped and all(f".layers.{last}." in n for n in wrapped)
+    assert _lora_modules(peft_model) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

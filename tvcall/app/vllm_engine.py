@@ -99,8 +99,10 @@ class VLLMEngine(GuidedEngine):
 
         config = read_run_config(Path(run_dir))
         adapter = Path(run_dir) / ADAPTER_DIR
-        return cls(model_source(Path(run_dir), config), adapter if (adapter / "adapter_config.json").exists() else None, registry,
-                   int(config.get("retrieval_top_objects", 0)), **llm_kwargs)
+        engine = cls(model_source(Path(run_dir), config), adapter if (adapter / "adapter_config.json").exists() else None, registry,
+                     int(config.get("retrieval_top_objects", 0)), **llm_kwargs)
+        engine.use_run_retriever(Path(run_dir))
+        return engine
 
     def generate(self, prompts: Sequence[Prompt], stages: Sequence[Stage]) -> list[Generation]:
         if not prompts:

@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tvcall.data.grounding import said_keys, said_matches, values_of
 from tvcall.data.lexicon import is_test_value, lexicon_values
 from tvcall.data.numbers import surface_forms
 from tvcall.data.record import Record, Span
@@ -111,8 +112,24 @@ def fill(spec: FunctionSpec, template: str, lang: str, split: str, rng: random.R
         prefix = rng.choice(_PREFIXES[lang])
         text = prefix + text
         spans = [Span(slot=s.slot, start=s.start + len(prefix), end=s.end + len(prefix)) for s in spans]
+    for key, span, value in _said_outright(spec, text, arguments):
+        arguments[key] = value
+        spans.append(span)
     ordered = {k: arguments[k] for k in spec.properties if k in arguments}
     return Record(id=rid, text=text, lang=lang, function=spec.name, arguments=ordered, spans=spans)
+
+
+def _said_outright(spec: FunctionSpec, text: str, arguments: dict[str, Any]) -> list[tuple[str, Span, Any]]:
+    """Values a template says in its own words ("今天会下雨吗": day = today): the decoder fills every key the
+    utterance says unambiguously, so the labels must too."""
+    said = said_matches(spec, text)
+    found = []
+    for key in sorted(said_keys(spec, said) - arguments.keys()):
+        values = values_of(said[key])
+        if len(values) == 1:
+            start, end, _ = said[key][0]
+            found.append((key, Span(slot=key, start=start, end=end), values[0]))
+    return found
 
 
 def synthesize(registry: Registry, split: str, size: int, config: SynthConfig,

@@ -1,26 +1,34 @@
-"""Candidate retrieval over the registry: BM25 over words (English) and character uni/bi-grams (Chinese).
+"""Candidate retrieval over the registry's objects (`domain.object`: every function of a family, or of one-off
+functions sharing an object).
 
-Documents are the registry's objects (`domain.object`: every function of a family, or of one-off functions
-sharing an object), described by their names, zh/en descriptions, object and attribute phrases, enum
-phrases and their own training templates. The prompt lists the top objects with a short label, and the
-decoder's name stage is narrowed to their functions.
+Two scorers, z-normalised and added: BM25 over the objects' own words (names, zh/en descriptions, object,
+attribute and enum phrases, their own training templates; English words, Chinese character uni/bi-grams),
+and, once a run has trained one, `ObjectClassifier`, learned from the training utterances. The prompt lists
+the top objects in rank order with a short label, and the decoder's name stage is narrowed to their functions.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import joblib
 import numpy as np
 from rank_bm25 import BM25Okapi
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import SGDClassifier
 
 from tvcall.functions.registry import PLACEHOLDER_RE, Registry
 from tvcall.functions.spec import LANGS, FunctionSpec
 
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
 _CJK = re.compile(r"[\u3400-\u9fff]+")
-DEFAULT_TOP_OBJECTS = 4  # recall@4 objects on the synthetic test split ≈ 0.96
+DEFAULT_TOP_OBJECTS = 4
+CLASSIFIER_FILE = "retriever.joblib"  # in a run folder
 
 
 def tokens(text: str) -> list[str]:
@@ -60,6 +68,43 @@ def _label(specs: list[FunctionSpec], lang: str) -> str:
     return min((s.description.forms(lang)[0] for s in specs), key=len)
 
 
+class ObjectClassifier:
+    """Which object a command is about, learned from training utterances: TF-IDF over character n-grams within
+    words and a logistic-regression head. Unlike BM25 over the registry's words, it learns which n-grams name
+    an object and which only say how people phrase commands (on the dev split: top-1 0.90 vs BM25's 0.82)."""
+
+    def __init__(self, vectorizer: TfidfVectorizer, model: SGDClassifier) -> None:
+        self.vectorizer, self.model = vectorizer, model
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], objects: Sequence[str], seed: int = 0) -> ObjectClassifier:
+        vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, lowercase=True)
+        features = vectorizer.fit_transform(texts)
+        model = SGDClassifier(loss="log_loss", alpha=1e-5, max_iter=8, tol=None, random_state=seed, n_jobs=2)
+        return cls(vectorizer, model.fit(features, list(objects)))
+
+    @property
+    def objects(self) -> list[str]:
+        return [str(c) for c in self.model.classes_]
+
+    def scores(self, text: str) -> np.ndarray:
+        return self.model.decision_function(self.vectorizer.transform([text]))[0]
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        joblib.dump((self.vectorizer, self.model), tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> ObjectClassifier:
+        vectorizer, model = joblib.load(path)
+        return cls(vectorizer, model)
+
+
+def _standardised(scores: np.ndarray) -> np.ndarray:
+    return (scores - scores.mean()) / (scores.std() + 1e-9)
+
+
 @dataclass
 class Retrieved:
     objects: list[str]
@@ -69,7 +114,7 @@ class Retrieved:
 
 
 class Retriever:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, classifier: ObjectClassifier | None = None) -> None:
         groups: dict[str, list[FunctionSpec]] = defaultdict(list)
         for spec in registry.functions.values():
             groups[object_key(spec.name)].append(spec)
@@ -77,9 +122,18 @@ class Retriever:
         self.functions = {key: [s.name for s in specs] for key, specs in groups.items()}
         self.labels = {(key, lang): _label(specs, lang) for key, specs in groups.items() for lang in LANGS}
         self.index = BM25Okapi([tokens(" ".join(p for s in groups[key] for p in _describe(s))) for key in self.objects])
+        self.classifier = classifier
+        if classifier is not None:  # the classifier's columns in the order of self.objects (-1: an object it never saw)
+            column = {name: i for i, name in enumerate(classifier.objects)}
+            self._columns = np.array([column.get(key, -1) for key in self.objects])
 
     def scores(self, text: str) -> np.ndarray:
-        return self.index.get_scores(tokens(text))
+        bm25 = self.index.get_scores(tokens(text))
+        if self.classifier is None:
+            return bm25
+        learned = self.classifier.scores(text)
+        aligned = np.where(self._columns >= 0, learned[np.maximum(self._columns, 0)], learned.min())
+        return _standardised(aligned) + _standardised(bm25)
 
     def retrieve(self, text: str, k: int = DEFAULT_TOP_OBJECTS, must_include: str | None = None) -> Retrieved:
         """Top-k objects; `must_include` (training: the gold function) replaces the last one when missed."""
@@ -94,3 +148,15 @@ class Retriever:
             functions=[name for key in objects for name in self.functions[key]],
             options=[f"{key} {self.labels[key, lang]}" for key in objects],
         )
+
+
+def run_retriever(registry: Registry, run_dir: Path | None) -> Retriever:
+    """The retriever a run trained with: BM25 plus the run's classifier when it has one."""
+    path = Path(run_dir) / CLASSIFIER_FILE if run_dir is not None else None
+    return Retriever(registry, ObjectClassifier.load(path) if path is not None and path.exists() else None)
+
+
+def fit_classifier(examples: Sequence[tuple[str, str | None]], seed: int = 0) -> ObjectClassifier:
+    """From (text, function name) pairs; out-of-scope ones (None) are left out."""
+    pairs = [(text, object_key(name)) for text, name in examples if name]
+    return ObjectClassifier.fit([t for t, _ in pairs], [o for _, o in pairs], seed)

@@ -23,6 +23,7 @@ class RunConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: str | list[str] = "all-linear"
+    lora_top_layers: int | None = None  # adapters on the last N decoder layers only (None: all layers)
     learning_rate: float = 1e-3
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.03

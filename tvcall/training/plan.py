@@ -107,7 +107,7 @@ def empty_model(config: RunConfig) -> torch.nn.Module:
     if config.method == "full":
         return model
     with init_empty_weights():  # adapters on the meta device too (no memory, no initialisation)
-        return get_peft_model(model, lora_config(config))
+        return get_peft_model(model, lora_config(config, model))
 
 
 def quant_4bit_bytes(numel: int, double_quant: bool) -> tuple[int, int]:
@@ -202,7 +202,8 @@ def lora_description(config: RunConfig) -> str:
     if config.method == "full":
         return ""
     targets = config.lora_target_modules
-    return f"r={config.lora_r} on {targets if isinstance(targets, str) else ', '.join(targets)}"
+    layers = f", last {config.lora_top_layers} layers" if config.lora_top_layers else ""
+    return f"r={config.lora_r} on {targets if isinstance(targets, str) else ', '.join(targets)}{layers}"
 
 
 def method_config(model: str, method: str) -> RunConfig:

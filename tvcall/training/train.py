@@ -20,7 +20,7 @@ from tvcall.data.prompt import training_example
 from tvcall.data.record import Record, write_atomic
 from tvcall.data.splits import read_manifest, read_split
 from tvcall.functions.registry import default_registry
-from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever
+from tvcall.functions.retrieve import CLASSIFIER_FILE, DEFAULT_TOP_OBJECTS, Retriever, fit_classifier
 from tvcall.training.config import RunConfig
 from tvcall.training.loading import build_model, deepspeed_path, state_bytes
 from tvcall.training.model import load_tokenizer
@@ -49,9 +49,11 @@ def training_subset(records: list[Record], size: int, seed: int) -> list[Record]
     return shuffled[:size]
 
 
-def build_dataset(tokenizer: Any, records: list[Record], top_objects: int = DEFAULT_TOP_OBJECTS) -> Dataset:
+def build_dataset(tokenizer: Any, records: list[Record], top_objects: int = DEFAULT_TOP_OBJECTS,
+                  retriever: Retriever | None = None) -> Dataset:
     """Tokenised examples; each prompt lists the objects retrieved for its text, as at serving time."""
-    retriever = Retriever(default_registry()) if top_objects else None
+    if top_objects and retriever is None:
+        retriever = Retriever(default_registry())
     rows = []
     for r in records:
         options = retriever.retrieve(r.text, top_objects, must_include=r.function).options if retriever else []
@@ -59,10 +61,26 @@ def build_dataset(tokenizer: Any, records: list[Record], top_objects: int = DEFA
     return Dataset.from_list(rows)
 
 
-def lora_config(config: RunConfig) -> LoraConfig:
+def decoder_linear_names(model: torch.nn.Module) -> list[str]:
+    """What peft's `all-linear` means, spelled out: the linear layers inside the decoder blocks."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and ".layers." in name})
+
+
+def lora_config(config: RunConfig, model: torch.nn.Module | None = None) -> LoraConfig:
+    """`lora_top_layers`: adapters on the last N decoder layers only, so the backward pass stops below them."""
+    targets: str | list[str] = config.lora_target_modules
+    layers = None
+    if config.lora_top_layers:
+        if model is None:
+            raise ValueError("lora_top_layers needs the model to count its layers")
+        total = model.config.num_hidden_layers
+        layers = list(range(max(0, total - config.lora_top_layers), total))
+        if targets == "all-linear":
+            targets = decoder_linear_names(model)
     return LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules, task_type="CAUSAL_LM",
+        target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM",
     )
 
 
@@ -79,10 +97,17 @@ def train(config: RunConfig) -> Path:
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     data_dir = Path(config.data_dir)
     manifest = read_manifest(data_dir)
-    records = training_subset(read_split(data_dir, "train"), config.num_train_examples, config.seed)
+    train_split = read_split(data_dir, "train")
+    records = training_subset(train_split, config.num_train_examples, config.seed)
 
     tokenizer = load_tokenizer(config.model)
-    dataset = build_dataset(tokenizer, records, config.retrieval_top_objects)
+    retriever = None
+    if config.retrieval_top_objects:
+        # the whole training split teaches the retriever (seconds); the LLM sees the subset its budget allows
+        classifier = fit_classifier([(r.text, r.function) for r in train_split], config.seed)
+        classifier.save(run_dir / CLASSIFIER_FILE)
+        retriever = Retriever(default_registry(), classifier)
+    dataset = build_dataset(tokenizer, records, config.retrieval_top_objects, retriever)
     budget = TimeBudget(config.max_train_minutes or float("inf"))
     args = SFTConfig(
         output_dir=str(run_dir / "trainer"),
@@ -108,7 +133,7 @@ def train(config: RunConfig) -> Path:
     model = build_model(config)  # after SFTConfig: under DeepSpeed ZeRO-3 the weights load already partitioned
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=lora_config(config) if config.method in ("lora", "qlora") else None,
+        peft_config=lora_config(config, model) if config.method in ("lora", "qlora") else None,
         callbacks=[budget],
     )
     started = time.monotonic()

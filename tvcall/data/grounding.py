@@ -9,11 +9,13 @@ longest counts ("二十" is 20, not 2 or 10).
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
 from tvcall.data.numbers import surface_forms
-from tvcall.functions.spec import LANGS
+from tvcall.functions.spec import LANGS, FunctionSpec
 
 MAX_INTEGER_RANGE = 20000  # larger ranges are not enumerated; their values stay unconstrained
 
@@ -45,17 +47,42 @@ def _surfaces(schema_json: str) -> tuple[dict[str, tuple[Any, ...]], int]:
     return {k: tuple(v) for k, v in table.items()}, max(map(len, table), default=0)
 
 
+# "一" in these is "a bit", not the number one; 一点 stays a number before a time word or numeral (一点半, 一点十分)
+_NOT_NUMBERS = re.compile(r"一下|一些|一点(?![零一二三四五六七八九十半整钟过0-9])")
+
+
+def grounding_text(text: str, phrases: Iterable[str] = ()) -> str:
+    """The utterance with what cannot be a slot value blanked out: the function's own object phrases (the 1 in
+    "1 kHz band" names the band) and the Chinese "a bit" idioms."""
+    for phrase in sorted(set(phrases), key=len, reverse=True):
+        if phrase:
+            text = re.sub(re.escape(phrase), lambda m: " " * len(m.group()), text, flags=re.IGNORECASE)
+    return _NOT_NUMBERS.sub(lambda m: " " * len(m.group()), text)
+
+
 def groundable(schema: dict[str, Any]) -> bool:
     if schema.get("type") == "integer":
         return schema["maximum"] - schema["minimum"] <= MAX_INTEGER_RANGE
     return "x-surface" in schema
 
 
+Match = tuple[int, int, tuple[Any, ...]]  # start, end, the values that surface stands for
+
+
 def grounded_values(schema: dict[str, Any], text: str) -> list[Any]:
     """Values of `schema` said in `text`, from the longest non-overlapping-contained matches."""
+    return values_of(grounded_matches(schema, text))
+
+
+def values_of(matches: list[Match]) -> list[Any]:
+    return list(dict.fromkeys(v for _, _, values in matches for v in values))
+
+
+def grounded_matches(schema: dict[str, Any], text: str) -> list[Match]:
+    """Where `text` says values of `schema`: a match contained in a longer one does not count."""
     table, longest = _surfaces(json.dumps(schema, sort_keys=True))
     lowered = text.lower()
-    matches: list[tuple[int, int, tuple[Any, ...]]] = []
+    matches: list[Match] = []
     for start in range(len(lowered)):
         if start and _word_char(lowered[start - 1]) and _word_char(lowered[start]):
             continue
@@ -65,5 +92,23 @@ def grounded_values(schema: dict[str, Any], text: str) -> list[Any]:
             values = table.get(lowered[start:end])
             if values:
                 matches.append((start, end, values))
-    kept = [m for m in matches if not any(o[0] <= m[0] and m[1] <= o[1] and (o[1] - o[0]) > (m[1] - m[0]) for o in matches)]
-    return list(dict.fromkeys(v for _, _, values in kept for v in values))
+    return [m for m in matches if not any(o[0] <= m[0] and m[1] <= o[1] and (o[1] - o[0]) > (m[1] - m[0]) for o in matches)]
+
+
+def said_matches(spec: FunctionSpec, text: str) -> dict[str, list[Match]]:
+    """For each groundable parameter of `spec`, where `text` says its values (the function's own object phrases excluded)."""
+    phrases = [f for lang in LANGS for f in spec.object_phrases.forms(lang)] if spec.object_phrases else []
+    clean = grounding_text(text, phrases)
+    return {k: grounded_matches(schema, clean) for k, schema in spec.properties.items() if groundable(schema)}
+
+
+def said_keys(spec: FunctionSpec, said: dict[str, list[Match]]) -> frozenset[str]:
+    """Keys whose value the utterance says unambiguously, and so must be filled: "降低四" is a step of 4, "in the
+    kitchen" the room. Words that could say another parameter too (the 19 of "19点" is an hour or a minute) are
+    left to the model, and so are booleans."""
+
+    def claimed_elsewhere(key: str) -> bool:
+        return any(a[0] < b[1] and b[0] < a[1] for a in said[key] for other, matches in said.items() if other != key for b in matches)
+
+    return frozenset(k for k, matches in said.items()
+                     if matches and spec.properties[k].get("type") != "boolean" and not claimed_elsewhere(k))

@@ -1,0 +1,37 @@
+import math
+
+from tests.test_prompt_and_decoder import _TeacherLM
+from tvcall.app.decoder import ConstrainedDecoder
+from tvcall.data import prompt as P
+from tvcall.data.synth import SynthConfig, build_splits
+from tvcall.eval.calibrate import accuracy_at, choose_null_bias
+
+
+def test_bias_abstains_exactly_where_the_margin_is_overcome():
+    margins, names, golds = [-1.0, -3.0, -1.5], ["a.b.c", "a.b.d", "x.y.z"], [None, "a.b.d", "x.y.z"]
+    assert accuracy_at(0.0, margins, names, golds) == 2 / 3
+    assert accuracy_at(2.0, margins, names, golds) == 2 / 3  # abstains on the first, but also on the last
+    assert accuracy_at(1.2, margins, names, golds) == 1.0
+
+
+def test_chosen_bias_recovers_out_of_scope_without_losing_in_scope():
+    margins = [-1.0, -4.0, -3.0, -0.2, math.nan]
+    names = ["a.b.c", "a.b.d", "x.y.z", "a.b.d", None]
+    golds = [None, "a.b.d", "x.y.z", "a.b.d", None]
+    bias = choose_null_bias(margins, names, golds)
+    assert accuracy_at(bias, margins, names, golds) == 0.8  # the -1.0 OOS costs the -0.2 in-scope: a tie, so no bias
+    assert bias == 0.0
+    names[3] = "q.r.s"  # that in-scope one is wrong anyway: abstaining on it costs nothing
+    bias = choose_null_bias(margins, names, golds)
+    assert 1.0 < bias < 3.0 and accuracy_at(bias, margins, names, golds) == 0.8
+
+
+def test_null_bias_turns_a_call_into_no_function(registry, tokenizer):
+    record = next(r for r in build_splits(registry, SynthConfig(seed=3, train_size=20, dev_size=2, test_size=2))["train"] if r.function)
+    decoder = ConstrainedDecoder(lm=None, tokenizer=tokenizer, registry=registry)
+    decoder.lm = _TeacherLM(P.answer_ids(tokenizer, record.function, record.arguments)[:-1], len(tokenizer))
+    unbiased = decoder.decode(record.text)
+    assert unbiased.name == record.function and unbiased.null_margin < 0
+    decoder.null_bias = -unbiased.null_margin + 0.1
+    decoder.lm = _TeacherLM(P.answer_ids(tokenizer, record.function, record.arguments)[:-1], len(tokenizer))
+    assert decoder.decode(record.text).name is None
