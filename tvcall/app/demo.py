@@ -23,7 +23,7 @@ from tvcall.app.api_models import MAX_TEXT_CHARS, check_text
 from tvcall.app.asr import LANGS, AudioError, Transcript, load_model, transcribe
 from tvcall.app.engine import Engine, RouteResult
 from tvcall.app.router import RouterConfig, RouterState, execute, guess_lang, route_text
-from tvcall.eval.metrics import _surfaces as surface_forms_of  # the forms eval uses to locate a value in the text
+from tvcall.data.grounding import value_surfaces  # the forms eval uses to locate a value in the text
 from tvcall.functions.spec import FunctionSpec
 
 EXAMPLES = {
@@ -53,7 +53,7 @@ def slot_highlights(text: str, arguments: dict[str, Any], spec: FunctionSpec | N
     taken: list[tuple[int, int, str]] = []
     for slot, value in arguments.items():
         schema = spec.properties.get(slot, {}) if spec else {}
-        for form in sorted(surface_forms_of(value, schema, lang), key=len, reverse=True):
+        for form in sorted(value_surfaces(value, schema, lang), key=len, reverse=True):
             start = lowered.find(form.lower()) if form else -1
             end = start + len(form)
             if start >= 0 and not any(s < end and start < e for s, e, _ in taken):

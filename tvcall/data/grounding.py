@@ -112,3 +112,13 @@ def said_keys(spec: FunctionSpec, said: dict[str, list[Match]]) -> frozenset[str
 
     return frozenset(k for k, matches in said.items()
                      if matches and spec.properties[k].get("type") != "boolean" and not claimed_elsewhere(k))
+
+
+def value_surfaces(value: Any, schema: dict[str, Any], lang: str) -> list[str]:
+    """How an utterance in `lang` may say `value` of `schema` (to locate it in the text): number forms, enum phrases."""
+    if isinstance(value, bool):
+        return list(schema.get("x-surface", {}).get(str(value).lower(), {}).get(lang, [])) + [str(value).lower()]
+    if isinstance(value, int):
+        return surface_forms(value, lang)
+    surface = schema.get("x-surface", {}).get(value, {}).get(lang, [])
+    return [*surface, str(value)]

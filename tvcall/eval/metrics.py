@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from seqeval.metrics import f1_score, precision_score, recall_score
 
-from tvcall.data.numbers import surface_forms
+from tvcall.data.grounding import value_surfaces
 from tvcall.data.record import Record
 from tvcall.functions.registry import Registry
 
@@ -41,15 +41,6 @@ def _tag(tags: list[str], start: int, end: int, slot: str) -> bool:
     return True
 
 
-def _surfaces(value: Any, schema: dict[str, Any], lang: str) -> list[str]:
-    if isinstance(value, bool):
-        return list(schema.get("x-surface", {}).get(str(value).lower(), {}).get(lang, [])) + [str(value).lower()]
-    if isinstance(value, int):
-        return surface_forms(value, lang)
-    surface = schema.get("x-surface", {}).get(value, {}).get(lang, [])
-    return [*surface, str(value)]
-
-
 def bio_tags(record: Record, pred: Prediction, registry: Registry) -> tuple[list[str], list[str]]:
     gold = ["O"] * len(record.text)
     for span in record.spans:
@@ -63,7 +54,7 @@ def bio_tags(record: Record, pred: Prediction, registry: Registry) -> tuple[list
         if gold_span and record.arguments.get(slot) == value and _tag(predicted, gold_span.start, gold_span.end, slot):
             continue
         placed = False
-        for form in _surfaces(value, schema_props.get(slot, {}), record.lang):
+        for form in value_surfaces(value, schema_props.get(slot, {}), record.lang):
             start = lowered.find(form.lower()) if form else -1
             if start >= 0 and _tag(predicted, start, start + len(form), slot):
                 placed = True
