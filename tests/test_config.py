@@ -20,3 +20,19 @@ def test_unknown_key_in_preset_names_file_and_line(tmp_path):
 def test_bad_override_value_is_reported():
     with pytest.raises(InputError, match="lora_r"):
         load_config("cpu-default", ["lora_r=many"])
+
+
+def test_training_subset_weights_make_one_off_functions_likelier(registry):
+    from tvcall.data.synth import SynthConfig, build_splits
+    from tvcall.training.train import own_template_weights, training_subset
+
+    records = build_splits(registry, SynthConfig(seed=2, train_size=600, dev_size=5, test_size=5))["train"]
+
+    def one_off(subset):
+        return sum(1 for r in subset if r.function and registry[r.function].templates is not None)
+
+    plain = training_subset(records, 200, seed=0)
+    weighted = training_subset(records, 200, seed=0, weights=own_template_weights(records, 4.0))
+    assert len(weighted) == 200 and len({r.id for r in weighted}) == 200
+    assert one_off(weighted) > one_off(plain)
+    assert training_subset(records, 200, seed=0) == plain  # seeded

@@ -43,10 +43,24 @@ class TimeBudget(TrainerCallback):
             self.stopped_at_step = state.global_step
 
 
-def training_subset(records: list[Record], size: int, seed: int) -> list[Record]:
-    shuffled = list(records)
-    random.Random(seed).shuffle(shuffled)
-    return shuffled[:size]
+def training_subset(records: list[Record], size: int, seed: int, weights: list[float] | None = None) -> list[Record]:
+    """A seeded sample of `size` records, without replacement; `weights` make some records likelier
+    (Efraimidis–Spirakis keys u^(1/w)), and with none every record is equally likely."""
+    rng = random.Random(seed)
+    if weights is None:
+        shuffled = list(records)
+        rng.shuffle(shuffled)
+        return shuffled[:size]
+    keys = [rng.random() ** (1.0 / w) for w in weights]
+    order = sorted(range(len(records)), key=lambda i: keys[i], reverse=True)
+    return [records[i] for i in order[:size]]
+
+
+def own_template_weights(records: list[Record], weight: float) -> list[float]:
+    """`weight` for functions with their own templates (one-off functions, learnt one by one), 1 for family
+    functions, which share their kind's phrasings with hundreds of others; out of scope counts as family."""
+    registry = default_registry()
+    return [weight if r.function and registry[r.function].templates is not None else 1.0 for r in records]
 
 
 def build_dataset(tokenizer: Any, records: list[Record], top_objects: int = DEFAULT_TOP_OBJECTS,
@@ -98,7 +112,8 @@ def train(config: RunConfig) -> Path:
     data_dir = Path(config.data_dir)
     manifest = read_manifest(data_dir)
     train_split = read_split(data_dir, "train")
-    records = training_subset(train_split, config.num_train_examples, config.seed)
+    weights = own_template_weights(train_split, config.own_template_weight) if config.own_template_weight != 1.0 else None
+    records = training_subset(train_split, config.num_train_examples, config.seed, weights)
 
     tokenizer = load_tokenizer(config.model)
     retriever = None
