@@ -117,7 +117,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     engine = _backend_engine(args)
     meta = {"run": args.run, "split": args.split, "data_version": read_manifest(Path(args.data))["version"]}
     if args.backend == "local" and args.split != "dev" and not args.no_calibrate:
-        meta |= _calibrated(engine, Path(args.run), read_split(Path(args.data), "dev"))
+        meta |= _calibrated(engine, Path(args.run), Path(args.data))
     out = Path(args.run) / f"eval-{args.split}"
     if args.backend != "local":
         meta |= {"backend": args.backend} | ({"base_url": args.base_url, "model": args.model, "protocol": args.protocol} if args.backend == "remote" else {})
@@ -127,12 +127,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(path)
 
 
-def _calibrated(engine: Any, run_dir: Path, dev: list[Any]) -> dict[str, Any]:
-    """The run's abstention bias, chosen on dev once and kept in the run folder."""
+def _calibrated(engine: Any, run_dir: Path, data_dir: Path) -> dict[str, Any]:
+    """The run's abstention bias, chosen on the dev split once and kept in the run folder."""
     from tvcall.app.engine import CALIBRATION_FILE
+    from tvcall.data.splits import read_split
     from tvcall.eval.calibrate import calibrate, save
 
     if not (run_dir / CALIBRATION_FILE).exists():
+        dev = read_split(data_dir, "dev")
         print(f"calibrating abstention on {len(dev)} dev utterances", file=sys.stderr)
         found = calibrate(engine, dev)
         print(f"{save(found, run_dir)}: {found}", file=sys.stderr)

@@ -31,7 +31,7 @@ from tvcall.app.decoder import utterance_spans
 from tvcall.app.engine import Engine, RouteResult
 from tvcall.data import prompt as P
 from tvcall.functions.registry import Registry, default_registry
-from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever, run_retriever
+from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever, run_classifier
 from tvcall.functions.spec import strip_private_keywords
 from tvcall.functions.validate import call_errors
 
@@ -164,8 +164,8 @@ class GuidedEngine(Engine):
 
     def use_run_retriever(self, run_dir: Path) -> None:
         """Retrieve as the run's model was trained (its classifier, when it has one)."""
-        if self.retriever is not None:
-            self.retriever = run_retriever(self.registry, run_dir)
+        if self.retriever is not None:  # the BM25 index built at construction stays; only the classifier is added
+            self.retriever.use_classifier(run_classifier(run_dir))
 
     @abstractmethod
     def generate(self, prompts: Sequence[Prompt], stages: Sequence[Stage]) -> list[Generation]:

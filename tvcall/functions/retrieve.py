@@ -122,6 +122,9 @@ class Retriever:
         self.functions = {key: [s.name for s in specs] for key, specs in groups.items()}
         self.labels = {(key, lang): _label(specs, lang) for key, specs in groups.items() for lang in LANGS}
         self.index = BM25Okapi([tokens(" ".join(p for s in groups[key] for p in _describe(s))) for key in self.objects])
+        self.use_classifier(classifier)
+
+    def use_classifier(self, classifier: ObjectClassifier | None) -> None:
         self.classifier = classifier
         if classifier is not None:  # the classifier's columns in the order of self.objects (-1: an object it never saw)
             column = {name: i for i, name in enumerate(classifier.objects)}
@@ -150,10 +153,15 @@ class Retriever:
         )
 
 
-def run_retriever(registry: Registry, run_dir: Path | None) -> Retriever:
+def run_classifier(run_dir: Path) -> ObjectClassifier | None:
+    """The classifier a run trained, if it has one."""
+    path = Path(run_dir) / CLASSIFIER_FILE
+    return ObjectClassifier.load(path) if path.exists() else None
+
+
+def run_retriever(registry: Registry, run_dir: Path) -> Retriever:
     """The retriever a run trained with: BM25 plus the run's classifier when it has one."""
-    path = Path(run_dir) / CLASSIFIER_FILE if run_dir is not None else None
-    return Retriever(registry, ObjectClassifier.load(path) if path is not None and path.exists() else None)
+    return Retriever(registry, run_classifier(run_dir))
 
 
 def fit_classifier(examples: Sequence[tuple[str, str | None]], seed: int = 0) -> ObjectClassifier:
