@@ -22,8 +22,16 @@ def test_chosen_bias_recovers_out_of_scope_without_losing_in_scope():
     assert accuracy_at(bias, margins, names, golds) == 0.8  # the -1.0 OOS costs the -0.2 in-scope: a tie, so no bias
     assert bias == 0.0
     names[3] = "q.r.s"  # that in-scope one is wrong anyway: abstaining on it costs nothing
-    bias = choose_null_bias(margins, names, golds)
+    bias = choose_null_bias(margins, names, golds, min_gain=1)
     assert 1.0 < bias < 3.0 and accuracy_at(bias, margins, names, golds) == 0.8
+
+
+def test_a_bias_that_wins_a_single_dev_utterance_is_not_taken():
+    margins, names, golds = [-1.0, -4.0, -0.2], ["a.b.c", "a.b.d", "q.r.s"], [None, "a.b.d", "a.b.d"]
+    assert accuracy_at(1.05, margins, names, golds) > accuracy_at(0.0, margins, names, golds)
+    assert choose_null_bias(margins, names, golds) == 0.0
+    margins, names, golds = margins + [-1.1], names + ["a.b.c"], golds + [None]  # now it wins two
+    assert choose_null_bias(margins, names, golds) > 1.0
 
 
 def test_null_bias_turns_a_call_into_no_function(registry, tokenizer):

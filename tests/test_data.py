@@ -1,10 +1,11 @@
 import json
+import re
 
 import pytest
 
 from tvcall.data.lexicon import lexicon_values
 from tvcall.data.record import read_jsonl, write_atomic, write_jsonl
-from tvcall.data.synth import SynthConfig, build_splits, kind_templates, templates_for
+from tvcall.data.synth import SynthConfig, build_splits, check_paraphrases, kind_templates, paraphrases, templates_for
 from tvcall.errors import InputError
 
 CONFIG = SynthConfig(seed=3, train_size=1500, dev_size=100, test_size=300)
@@ -89,3 +90,38 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, splits):
     assert path.read_text() == before
     write_atomic(path, "x\n")
     assert path.read_text() == "x\n" and len(list(tmp_path.iterdir())) == 1
+
+
+def _said_alike(template: str) -> str:
+    """A template without case, punctuation, spaces and a leading politeness word: two phrasings that differ
+    only there are the same phrasing."""
+    text = re.sub(r"[^\w{}]", "", template.lower())
+    return re.sub(r"^(please|请|帮我|麻烦)", "", text)
+
+
+def test_training_paraphrases_never_repeat_a_held_out_phrasing(registry):
+    extra = paraphrases()
+    assert len(extra) > 200
+    for name, by_lang in extra.items():
+        spec = registry[name]
+        for lang, templates in by_lang.items():
+            held_out = {_said_alike(t) for t in spec.own_templates(lang, "test")}
+            assert not {_said_alike(t) for t in templates} & held_out, (name, lang)
+            assert set(templates) <= set(templates_for(spec, lang, "train"))
+            assert not set(templates) & set(templates_for(spec, lang, "test"))
+    for kind, actions in kind_templates().items():
+        for action, by_split in actions.items():
+            for lang in ("zh", "en"):
+                held_out = {_said_alike(t) for t in by_split["test"][lang]}
+                assert not {_said_alike(t) for t in by_split["train"][lang]} & held_out, (kind, action, lang)
+
+
+def test_a_paraphrase_with_an_unknown_placeholder_names_file_line_and_function(registry, tmp_path):
+    path = tmp_path / "paraphrases.yaml"
+    path.write_text("info.date.get_today:\n  zh: [今天几号啊]\ninfo.calendar.days_until_holiday:\n"
+                    "  en: ['how long until {city}']\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"paraphrases.yaml:3: info.calendar.days_until_holiday.en: .*holiday"):
+        check_paraphrases(registry, path)
+    path.write_text("sound.equalizer_100hz.get:\n  en: [brighter]\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"paraphrases.yaml:1: sound.equalizer_100hz.get: not a function with its own"):
+        check_paraphrases(registry, path)

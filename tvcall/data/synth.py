@@ -7,6 +7,7 @@ the training split; about `oos_share` of every split is out of scope ("no functi
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -19,9 +20,10 @@ from tvcall.data.record import Record, Span
 from tvcall.errors import InputError
 from tvcall.functions.registry import PLACEHOLDER_RE, Registry
 from tvcall.functions.spec import LANGS, FunctionSpec
-from tvcall.yamlio import load_yaml, strip_lines
+from tvcall.yamlio import key_line, load_yaml, strip_lines
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
+PARAPHRASE_FILE = "paraphrases.yaml"
 SPLITS = ("train", "dev", "test")
 _PREFIXES = {"zh": ["请", "帮我", "麻烦", "小电视，"], "en": ["please ", "hey tv, ", "ok tv, "]}
 _PREFIX_RATE = 0.12
@@ -36,9 +38,33 @@ class SynthConfig:
     oos_share: float = 0.05
 
 
+_FILLER_WORDS = {"please", "um", "so", "hmm", "the", "a", "an", "in", "for", "me", "bit", "little", "could", "can",
+                 "you"}
+_FILLER_ZH = re.compile(r"请|帮我|麻烦|给我|一下|嗯|吧|呀|啊|呗|啦|呢|的|里")
+
+
+def phrasing_key(template: str) -> str:
+    """What a template says once the room, politeness, fillers and punctuation are gone: two templates with the
+    same key are one phrasing, so a held-out phrasing must not have the key of a training one."""
+    text = template.lower().replace("{room}", " ")
+    words = [w for w in re.findall(r"\{\w+\}|[^\W\d_]+|\d+", text) if w not in _FILLER_WORDS]
+    return _FILLER_ZH.sub("", "".join(words))
+
+
 @cache
-def kind_templates() -> dict[str, Any]:
-    return strip_lines(load_yaml(TEMPLATE_DIR / "kinds.yaml"))
+def kind_templates(path: Path = TEMPLATE_DIR / "kinds.yaml") -> dict[str, Any]:
+    """kind → action → split → language → templates; no held-out phrasing has the key of a training one."""
+    raw = load_yaml(path)
+    templates = strip_lines(raw)
+    for kind, actions in templates.items():
+        for action, by_split in actions.items():
+            for lang, held_out in by_split["test"].items():
+                taught = {phrasing_key(t): t for t in by_split["train"][lang]}
+                for template in held_out:
+                    if phrasing_key(template) in taught:
+                        raise InputError(path, key_line(raw[kind], action), f"{kind}.{action}.test.{lang}",
+                                         f"{template!r} is the training phrasing {taught[phrasing_key(template)]!r}")
+    return templates
 
 
 @cache
@@ -52,10 +78,45 @@ def out_of_scope_texts(lang: str, split: str) -> list[str]:
     return kept if split == "train" else held_out
 
 
+@cache
+def paraphrases() -> dict[str, dict[str, list[str]]]:
+    """Extra training phrasings of one-off functions (`paraphrases.yaml`), checked against the registry by
+    `check_paraphrases`."""
+    path = TEMPLATE_DIR / PARAPHRASE_FILE
+    loaded = load_yaml(path) or {}
+    if not isinstance(loaded, dict):
+        raise InputError(path, None, "paraphrases", "expected a mapping from function name to {zh: [...], en: [...]}")
+    return strip_lines(loaded)
+
+
+def check_paraphrases(registry: Registry, path: Path = TEMPLATE_DIR / PARAPHRASE_FILE) -> None:
+    """Every paraphrase names a one-off function of the registry and fits its parameters: the placeholders it
+    uses exist, and every required one is there."""
+    raw = load_yaml(path) or {}
+    for name, by_lang in strip_lines(raw).items():
+        line = key_line(raw, name)
+        if name not in registry.functions or registry[name].templates is None:
+            raise InputError(path, line, name, "not a function with its own templates in the registry")
+        spec = registry[name]
+        if not isinstance(by_lang, dict) or not set(by_lang) <= set(LANGS):
+            raise InputError(path, line, name, f"expected a mapping from {'/'.join(LANGS)} to a list of templates")
+        for lang, templates in by_lang.items():
+            held_out = {phrasing_key(t) for t in spec.own_templates(lang, "test")}
+            for template in templates:
+                if phrasing_key(template) in held_out:
+                    raise InputError(path, line, f"{name}.{lang}", f"{template!r} is the held-out phrasing")
+                used = set(PLACEHOLDER_RE.findall(template))
+                if not used <= set(spec.properties) or not set(spec.required) <= used:
+                    raise InputError(path, line, f"{name}.{lang}",
+                                     f"{template!r} must use the required parameters {sorted(spec.required)} "
+                                     f"and no placeholder outside {sorted(spec.properties)}")
+
+
 def templates_for(spec: FunctionSpec, lang: str, split: str) -> list[str]:
     """Templates of `spec` in `lang` for a split; each usable as is (placeholders ⊆ params ∪ {obj, attr})."""
     if spec.templates is not None:
-        return spec.own_templates(lang, split)
+        extra = paraphrases().get(spec.name, {}).get(lang, []) if split == "train" else []
+        return spec.own_templates(lang, split) + extra
     kind, verb = spec.template_key.split(".") if "." in (spec.template_key or "") else ("query", "query")
     pool = kind_templates()[kind][verb]["train" if split == "train" else "test"][lang]
     known = set(spec.properties) | {"obj", "attr"}
@@ -163,6 +224,7 @@ def synthesize(registry: Registry, split: str, size: int, config: SynthConfig,
 
 
 def build_splits(registry: Registry, config: SynthConfig) -> dict[str, list[Record]]:
+    check_paraphrases(registry)
     train = synthesize(registry, "train", config.train_size, config)
     train_texts = {r.text for r in train}
     dev = synthesize(registry, "dev", config.dev_size, config, exclude=train_texts)

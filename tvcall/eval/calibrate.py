@@ -29,11 +29,18 @@ def accuracy_at(bias: float, margins: list[float], names: list[str | None], gold
     return hits / max(1, len(golds))
 
 
-def choose_null_bias(margins: list[float], names: list[str | None], golds: list[str | None]) -> float:
-    """The best bias ≥ 0 on dev, taken in the middle of its interval for some room on unseen data (ties: the smallest)."""
+MIN_GAIN = 2  # dev utterances a bias must win: a one-utterance gain on a small dev split is noise (it cost test)
+
+
+def choose_null_bias(margins: list[float], names: list[str | None], golds: list[str | None],
+                     min_gain: int = MIN_GAIN) -> float:
+    """The best bias ≥ 0 on dev, taken in the middle of its interval for some room on unseen data (ties: the
+    smallest); no bias unless it wins at least `min_gain` more dev utterances than none."""
     cuts = sorted({-m for m in margins if not math.isnan(m) and m < 0})
     candidates = [0.0, *((a + b) / 2 for a, b in zip(cuts, cuts[1:], strict=False)), *([cuts[-1] + 0.5] if cuts else [])]
-    return max(candidates, key=lambda bias: accuracy_at(bias, margins, names, golds))
+    best = max(candidates, key=lambda bias: accuracy_at(bias, margins, names, golds))
+    gain = (accuracy_at(best, margins, names, golds) - accuracy_at(0.0, margins, names, golds)) * len(golds)
+    return best if gain >= min_gain - 1e-9 else 0.0
 
 
 def calibrate(engine: TransformersEngine, records: list[Record]) -> Calibration:
