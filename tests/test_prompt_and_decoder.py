@@ -92,7 +92,7 @@ def test_fast_path_gives_the_same_logits_as_transformers(tokenizer, base_model):
 
 
 def test_batched_routing_equals_one_at_a_time(registry, tokenizer, base_model):
-    engine = TransformersEngine(base_model, tokenizer, registry, backend="fast")
+    engine = TransformersEngine(base_model, tokenizer, registry, backend="fast", dtype=torch.float32)
     texts = ["把音量调到20", "switch to HDMI 2", "霸王别姬的导演是谁", "write me a poem", "set a sleep timer for 30 minutes"]
     single = [engine.route(t).call() for t in texts]
     assert [r.call() for r in engine.route_batch(texts)] == single

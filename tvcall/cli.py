@@ -12,6 +12,7 @@ from tvcall.errors import InputError
 
 DEFAULT_DATA = "runs/data"
 DEFAULT_RUN = "runs/cpu-default"
+IMPORT_FORMATS = ("bio", "conll", "smp2019", "chat")  # tvcall.data.importers.FORMATS, spelled out to keep `--help` fast
 
 
 def _print_json(value: object) -> None:
@@ -49,6 +50,12 @@ def cmd_data(args: argparse.Namespace) -> None:
         manifest = write_splits(default_registry(), config, Path(args.out))
         _print_json(manifest["files"])
         print(Path(args.out) / "manifest.json")
+    elif args.action == "import":
+        from tvcall.data.importers import import_dataset
+
+        path = import_dataset(args.format, Path(args.path), Path(args.out), lang=args.lang, name=args.name, seed=args.seed)
+        _print_json(json.loads(path.read_text())["files"])
+        print(path)
     elif args.action == "validate":
         count = sum(1 for _ in read_jsonl(Path(args.path)))
         print(f"ok: {count} records")
@@ -78,10 +85,12 @@ def _backend_engine(args: argparse.Namespace):  # noqa: ANN202 - lazy imports ke
     """`--backend`: local (transformers + the trie decoder), vllm (in-process) or remote (an OpenAI-compatible server)."""
     if args.backend == "local":
         return _engine(args.run, args.threads)
+    from tvcall.app.engine import run_registry  # the run's data folder's registry (an imported benchmark's own)
+
     if args.backend == "vllm":
         from tvcall.app.vllm_engine import VLLMEngine
 
-        return VLLMEngine.from_run(Path(args.run))
+        return VLLMEngine.from_run(Path(args.run), run_registry(Path(args.run)))
     from tvcall.app.remote_engine import OpenAIRemoteEngine
     from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS
     from tvcall.training.export import read_run_config
@@ -89,11 +98,13 @@ def _backend_engine(args: argparse.Namespace):  # noqa: ANN202 - lazy imports ke
     if not args.base_url:
         print("tvcall: error: --backend remote needs --base-url (e.g. http://127.0.0.1:8000/v1)", file=sys.stderr)
         raise SystemExit(2)
-    try:  # the run whose model the server serves: retrieve as it was trained
-        top_objects = int(read_run_config(Path(args.run)).get("retrieval_top_objects", 0))
+    registry = None
+    try:  # the run whose model the server serves: retrieve as it was trained, over its registry
+        config = read_run_config(Path(args.run))
+        top_objects, registry = int(config.get("retrieval_top_objects", 0)), run_registry(Path(args.run), config)
     except FileNotFoundError:
         top_objects = DEFAULT_TOP_OBJECTS
-    engine = OpenAIRemoteEngine(args.base_url, args.model, protocol=args.protocol, top_objects=top_objects)
+    engine = OpenAIRemoteEngine(args.base_url, args.model, protocol=args.protocol, registry=registry, top_objects=top_objects)
     engine.use_run_retriever(Path(args.run))
     return engine
 
@@ -154,13 +165,15 @@ def cmd_route(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from tvcall.app.dispatch import parse_webhooks
+    from tvcall.app.engine import run_registry
     from tvcall.app.router import RouterConfig
     from tvcall.app.serve import ServeOptions, serve, token_from_env
     from tvcall.functions.registry import default_registry
 
     try:
+        registry = default_registry() if args.model or not args.webhook else run_registry(Path(args.run))  # the engine's
         router = RouterConfig(token=token_from_env(), timeout_s=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue,
-                              webhooks=parse_webhooks(args.webhook or [], default_registry()))
+                              webhooks=parse_webhooks(args.webhook or [], registry))
         serve(ServeOptions(host=args.host, port=args.port, run=args.run, model=args.model, threads=args.threads, router=router))
     except ValueError as exc:
         print(f"tvcall: error: {exc}", file=sys.stderr)
@@ -217,14 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", help="only this domain for `tools`")
     p.set_defaults(func=cmd_registry)
 
-    p = sub.add_parser("data", help="synthesise splits or validate a JSONL dataset")
-    p.add_argument("action", choices=["synth", "validate"])
-    p.add_argument("path", nargs="?", help="JSONL file for `validate`")
-    p.add_argument("--out", default=DEFAULT_DATA)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-size", type=int, default=20000)
-    p.add_argument("--dev-size", type=int, default=200)
-    p.add_argument("--test-size", type=int, default=600)
+    p = sub.add_parser("data", help="synthesise splits, import a public benchmark or validate a JSONL dataset")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("synth", help="train/dev/test synthesised from the shipped registry")
+    q.add_argument("--out", default=DEFAULT_DATA)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--train-size", type=int, default=20000)
+    q.add_argument("--dev-size", type=int, default=200)
+    q.add_argument("--test-size", type=int, default=600)
+    q = actions.add_parser("import", help="a public intent/slot set as splits plus its own registry (docs/benchmarks.md); "
+                           "prints the manifest path last")
+    q.add_argument("path", help="the set's file or folder")
+    q.add_argument("--format", required=True, choices=IMPORT_FORMATS)
+    q.add_argument("--out", required=True, help=f"dataset folder to write (no default: {DEFAULT_DATA} holds the synthetic splits)")
+    q.add_argument("--lang", choices=["zh", "en"], help="zh joins tokens as characters, en with spaces "
+                   "(default: bio en, conll and smp2019 zh, chat per utterance)")
+    q.add_argument("--name", help="function prefix, <name>.<group>.<intent> (default: the folder's name)")
+    q.add_argument("--seed", type=int, default=0, help="the split of a set that has none (smp2019, one chat file)")
+    q = actions.add_parser("validate", help="check a JSONL file of records")
+    q.add_argument("path")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="fine-tune a preset (LoRA on the CPU default)")

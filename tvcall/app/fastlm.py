@@ -37,8 +37,10 @@ class Slot:
 
 
 class FastLlama:
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32, max_len: int = 512, batch: int = 8) -> None:
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32, max_len: int = 512, batch: int = 8,
+                 max_padding: int = 8) -> None:
         config = model.config
+        self.max_padding = max_padding
         if config.model_type not in ("llama", "qwen2"):
             raise ValueError(f"FastLlama runs llama/qwen2 models, not {config.model_type}")
         state = {k: v.detach() for k, v in model.state_dict().items()}
@@ -116,10 +118,29 @@ class FastLlama:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
-    @torch.inference_mode()
     def forward(self, slots: list[Slot], tokens: list[list[int]]) -> list[torch.Tensor]:
-        """Run each slot's pending prompt plus its `tokens`, batched; returns each one's final hidden state."""
+        """Run each slot's pending prompt plus its `tokens`; returns each one's final hidden state.
+
+        Runs of similar length go through the model together (one pass streams the weights for all of them);
+        runs that differ by more than `max_padding` tokens go in separate passes, since a padded token costs as
+        much compute as a real one and prompts (tens of tokens, compute-bound) vary far more than decode steps.
+        """
         runs = [slot.pending + list(t) for slot, t in zip(slots, tokens, strict=True)]
+        order = sorted(range(len(runs)), key=lambda i: -len(runs[i]))
+        hidden: list[torch.Tensor | None] = [None] * len(runs)
+        group: list[int] = []
+        for i in [*order, None]:
+            if group and (i is None or len(runs[group[0]]) - len(runs[i]) > self.max_padding):
+                for j, h in zip(group, self._run([slots[j] for j in group], [runs[j] for j in group]), strict=True):
+                    hidden[j] = h
+                group = []
+            if i is not None:
+                group.append(i)
+        return [h for h in hidden if h is not None]
+
+    @torch.inference_mode()
+    def _run(self, slots: list[Slot], runs: list[list[int]]) -> list[torch.Tensor]:
+        """One batched pass; shorter runs are padded past their sequence's end."""
         count = max(len(r) for r in runs)
         starts = torch.tensor([slot.length for slot in slots])
         if int(starts.max()) + count > self.max_len:

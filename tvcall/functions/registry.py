@@ -20,6 +20,8 @@ from tvcall.functions.catalog import CATALOG_DIR, load_catalog_file
 from tvcall.functions.spec import LANGS, NAME_RE, FunctionSpec
 
 LEXICON_DIR = Path(__file__).parents[1] / "data" / "lexicons"
+DATA_CATALOG_DIR = "catalog"  # a data folder's own registry (an imported benchmark): DIR/catalog/*.yaml
+DATA_LEXICON_DIR = "lexicons"  # and the lexicons it names: DIR/lexicons/*.yaml
 PLACEHOLDER_RE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 
@@ -56,16 +58,16 @@ class Registry:
         return dict(Counter(s.risk for s in self.functions.values()))
 
 
-def _check_schema(spec: FunctionSpec, path: Path, line: int | None) -> None:
+def _check_schema(spec: FunctionSpec, path: Path, line: int | None, lexicon_dir: Path) -> None:
     try:
         jsonschema.Draft202012Validator.check_schema(spec.parameters)
     except jsonschema.SchemaError as exc:
         raise InputError(path, line, f"{spec.name}.parameters", exc.message) from exc
     for pname, schema in spec.properties.items():
         lexicon = schema.get("x-lexicon")
-        if lexicon and not (LEXICON_DIR / f"{lexicon}.yaml").exists():
+        if lexicon and not (lexicon_dir / f"{lexicon}.yaml").exists():
             raise InputError(path, line, f"{spec.name}.parameters.{pname}.lexicon",
-                             f"no lexicon file {LEXICON_DIR / (lexicon + '.yaml')}")
+                             f"no lexicon file {lexicon_dir / (lexicon + '.yaml')}")
 
 
 def _check_templates(spec: FunctionSpec, path: Path, line: int | None) -> None:
@@ -85,7 +87,10 @@ def _check_templates(spec: FunctionSpec, path: Path, line: int | None) -> None:
                 raise InputError(path, line, f"{spec.name}.templates.{lang}", f"{template!r} lacks required params {sorted(missing)}")
 
 
-def load_registry(catalog_dir: Path = CATALOG_DIR) -> Registry:
+def load_registry(catalog_dir: Path = CATALOG_DIR, lexicon_dir: Path | None = None) -> Registry:
+    """Every function of `catalog_dir/*.yaml`, validated; string parameters name lexicons in `lexicon_dir`
+    (default: the package's `LEXICON_DIR`)."""
+    lexicon_dir = LEXICON_DIR if lexicon_dir is None else lexicon_dir
     files = sorted(catalog_dir.glob("*.yaml"))
     if not files:
         raise InputError(catalog_dir, None, "catalog", "no *.yaml catalog files")
@@ -100,7 +105,7 @@ def load_registry(catalog_dir: Path = CATALOG_DIR) -> Registry:
             if spec.name in functions:
                 first_path, first_line = origin[spec.name]
                 raise InputError(path, line, f"{spec.name}.name", f"duplicate function name (first defined at {first_path}:{first_line})")
-            _check_schema(spec, path, line)
+            _check_schema(spec, path, line, lexicon_dir)
             _check_templates(spec, path, line)
             functions[spec.name] = spec
             origin[spec.name] = (path, line)
@@ -110,6 +115,15 @@ def load_registry(catalog_dir: Path = CATALOG_DIR) -> Registry:
 @cache
 def default_registry() -> Registry:
     return load_registry()
+
+
+def registry_for_data(data_dir: Path) -> Registry:
+    """The registry a data folder is labelled with: its own when it has one (an imported benchmark:
+    `DIR/catalog/*.yaml` with `DIR/lexicons/`, docs/benchmarks.md), else the shipped `default_registry()`."""
+    data_dir = Path(data_dir)
+    if (data_dir / DATA_CATALOG_DIR).exists():
+        return load_registry(data_dir / DATA_CATALOG_DIR, data_dir / DATA_LEXICON_DIR)
+    return default_registry()
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ class ObjectClassifier:
 
     def __init__(self, vectorizer: TfidfVectorizer, model: SGDClassifier) -> None:
         self.vectorizer, self.model = vectorizer, model
+        # features × objects, contiguous: `decision_function` multiplies by `coef_.T`, a strided view it copies on
+        # every call (80 ms of a 1,325-object model's 100 MB)
+        self._weights = np.ascontiguousarray(model.coef_.T)
 
     @classmethod
     def fit(cls, texts: Sequence[str], objects: Sequence[str], seed: int = 0) -> ObjectClassifier:
@@ -88,7 +91,9 @@ class ObjectClassifier:
         return [str(c) for c in self.model.classes_]
 
     def scores(self, text: str) -> np.ndarray:
-        return self.model.decision_function(self.vectorizer.transform([text]))[0]
+        """One score per object (`objects` order)."""
+        scores = (self.vectorizer.transform([text]) @ self._weights)[0] + self.model.intercept_
+        return np.array([-scores[0], scores[0]]) if len(scores) == 1 else scores  # two objects: one margin
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")

@@ -19,8 +19,8 @@ from trl import SFTConfig, SFTTrainer
 from tvcall.data.prompt import training_example
 from tvcall.data.record import Record, write_atomic
 from tvcall.data.splits import read_manifest, read_split
-from tvcall.functions.registry import default_registry
-from tvcall.functions.retrieve import CLASSIFIER_FILE, DEFAULT_TOP_OBJECTS, Retriever, fit_classifier
+from tvcall.functions.registry import DATA_CATALOG_DIR, Registry, default_registry, registry_for_data
+from tvcall.functions.retrieve import CLASSIFIER_FILE, DEFAULT_TOP_OBJECTS, Retriever, fit_classifier, object_key
 from tvcall.training.config import RunConfig
 from tvcall.training.loading import build_model, deepspeed_path, state_bytes
 from tvcall.training.model import load_tokenizer
@@ -56,23 +56,35 @@ def training_subset(records: list[Record], size: int, seed: int, weights: list[f
     return [records[i] for i in order[:size]]
 
 
-def own_template_weights(records: list[Record], weight: float) -> list[float]:
+def own_template_weights(records: list[Record], weight: float, registry: Registry | None = None) -> list[float]:
     """`weight` for functions with their own templates (one-off functions, learnt one by one), 1 for family
     functions, which share their kind's phrasings with hundreds of others; out of scope counts as family."""
-    registry = default_registry()
+    registry = registry or default_registry()
     return [weight if r.function and registry[r.function].templates is not None else 1.0 for r in records]
 
 
 def build_dataset(tokenizer: Any, records: list[Record], top_objects: int = DEFAULT_TOP_OBJECTS,
-                  retriever: Retriever | None = None) -> Dataset:
+                  retriever: Retriever | None = None, registry: Registry | None = None) -> Dataset:
     """Tokenised examples; each prompt lists the objects retrieved for its text, as at serving time."""
     if top_objects and retriever is None:
-        retriever = Retriever(default_registry())
+        retriever = Retriever(registry or default_registry())
     rows = []
     for r in records:
         options = retriever.retrieve(r.text, top_objects, must_include=r.function).options if retriever else []
         rows.append(training_example(tokenizer, r.text, r.function, r.arguments, options))
     return Dataset.from_list(rows)
+
+
+def train_retriever(registry: Registry, train_split: list[Record], seed: int, run_dir: Path) -> Retriever:
+    """BM25 over `registry` plus an object classifier fitted on the whole training split (seconds) and saved in
+    the run folder, where `run_retriever` finds it. A set whose functions share one object (a flat benchmark:
+    snips.intent.*) has nothing to classify and keeps BM25 alone."""
+    if len({object_key(r.function) for r in train_split if r.function}) < 2:
+        (run_dir / CLASSIFIER_FILE).unlink(missing_ok=True)  # one left by an earlier run in this folder would be loaded
+        return Retriever(registry)
+    classifier = fit_classifier([(r.text, r.function) for r in train_split], seed)
+    classifier.save(run_dir / CLASSIFIER_FILE)
+    return Retriever(registry, classifier)
 
 
 def decoder_linear_names(model: torch.nn.Module) -> list[str]:
@@ -109,20 +121,17 @@ def train(config: RunConfig) -> Path:
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
-    data_dir = Path(config.data_dir)
+    data_dir = Path(config.data_dir)  # recorded in config.yaml as data_dir: serving loads the same registry from it
     manifest = read_manifest(data_dir)
+    registry = registry_for_data(data_dir)  # an imported benchmark's own functions, else the shipped registry
     train_split = read_split(data_dir, "train")
-    weights = own_template_weights(train_split, config.own_template_weight) if config.own_template_weight != 1.0 else None
+    weights = own_template_weights(train_split, config.own_template_weight, registry) if config.own_template_weight != 1.0 else None
     records = training_subset(train_split, config.num_train_examples, config.seed, weights)
 
     tokenizer = load_tokenizer(config.model)
-    retriever = None
-    if config.retrieval_top_objects:
-        # the whole training split teaches the retriever (seconds); the LLM sees the subset its budget allows
-        classifier = fit_classifier([(r.text, r.function) for r in train_split], config.seed)
-        classifier.save(run_dir / CLASSIFIER_FILE)
-        retriever = Retriever(default_registry(), classifier)
-    dataset = build_dataset(tokenizer, records, config.retrieval_top_objects, retriever)
+    # the whole training split teaches the retriever; the LLM sees the subset its budget allows
+    retriever = train_retriever(registry, train_split, config.seed, run_dir) if config.retrieval_top_objects else None
+    dataset = build_dataset(tokenizer, records, config.retrieval_top_objects, retriever, registry)
     budget = TimeBudget(config.max_train_minutes or float("inf"))
     args = SFTConfig(
         output_dir=str(run_dir / "trainer"),
@@ -161,7 +170,8 @@ def train(config: RunConfig) -> Path:
     if not trainer.is_world_process_zero():
         return run_dir
     summary = {
-        "data_version": manifest["version"], "train_examples": len(records),
+        "data_version": manifest["version"], "data_registry": (data_dir / DATA_CATALOG_DIR).exists(),
+        "registry_functions": len(registry), "train_examples": len(records),
         "tokens": int(sum(len(ids) for ids in dataset["input_ids"])),
         "steps": trainer.state.global_step, "stopped_by_time_budget_at_step": budget.stopped_at_step,
         "train_minutes": round(minutes, 2), "train_loss": result.training_loss,
