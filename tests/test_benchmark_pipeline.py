@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from tests.test_importers import write_bio
 from tvcall.cli import IMPORT_FORMATS, build_parser, main
 from tvcall.errors import InputError
 from tvcall.functions.registry import default_registry, registry_for_data
@@ -26,12 +27,6 @@ TEST = [
     ("weather in tokyo", "O O B-city", "GetWeather"),
 ]
 FUNCTIONS = ["toy.intent.add_to_playlist", "toy.intent.get_weather", "toy.intent.play_music"]
-
-
-def write_bio(folder: Path, rows: list[tuple[str, str, str]]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, column in (("seq.in", 0), ("seq.out", 1), ("label", 2)):
-        (folder / name).write_text("".join(row[column] + "\n" for row in rows), encoding="utf-8")
 
 
 @pytest.fixture

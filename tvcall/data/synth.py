@@ -18,7 +18,7 @@ from tvcall.data.lexicon import is_test_value, lexicon_values
 from tvcall.data.numbers import surface_forms
 from tvcall.data.record import Record, Span
 from tvcall.errors import InputError
-from tvcall.functions.registry import PLACEHOLDER_RE, Registry
+from tvcall.functions.registry import PLACEHOLDER_RE, Registry, template_fault
 from tvcall.functions.spec import LANGS, FunctionSpec
 from tvcall.yamlio import key_line, load_yaml, strip_lines
 
@@ -78,22 +78,26 @@ def out_of_scope_texts(lang: str, split: str) -> list[str]:
     return kept if split == "train" else held_out
 
 
+def _load_paraphrases(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, list[str]]]]:
+    """(the file as loaded, with its lines; the same without them)"""
+    raw = load_yaml(path) or {}
+    if not isinstance(raw, dict):
+        raise InputError(path, None, "paraphrases", "expected a mapping from function name to {zh: [...], en: [...]}")
+    return raw, strip_lines(raw)
+
+
 @cache
 def paraphrases() -> dict[str, dict[str, list[str]]]:
     """Extra training phrasings of one-off functions (`paraphrases.yaml`), checked against the registry by
     `check_paraphrases`."""
-    path = TEMPLATE_DIR / PARAPHRASE_FILE
-    loaded = load_yaml(path) or {}
-    if not isinstance(loaded, dict):
-        raise InputError(path, None, "paraphrases", "expected a mapping from function name to {zh: [...], en: [...]}")
-    return strip_lines(loaded)
+    return _load_paraphrases(TEMPLATE_DIR / PARAPHRASE_FILE)[1]
 
 
 def check_paraphrases(registry: Registry, path: Path = TEMPLATE_DIR / PARAPHRASE_FILE) -> None:
-    """Every paraphrase names a one-off function of the registry and fits its parameters: the placeholders it
-    uses exist, and every required one is there."""
-    raw = load_yaml(path) or {}
-    for name, by_lang in strip_lines(raw).items():
+    """Every paraphrase names a one-off function of the registry, fits its parameters (`template_fault`) and is not
+    the held-out phrasing."""
+    raw, loaded = _load_paraphrases(path)
+    for name, by_lang in loaded.items():
         line = key_line(raw, name)
         if name not in registry.functions or registry[name].templates is None:
             raise InputError(path, line, name, "not a function with its own templates in the registry")
@@ -105,11 +109,9 @@ def check_paraphrases(registry: Registry, path: Path = TEMPLATE_DIR / PARAPHRASE
             for template in templates:
                 if phrasing_key(template) in held_out:
                     raise InputError(path, line, f"{name}.{lang}", f"{template!r} is the held-out phrasing")
-                used = set(PLACEHOLDER_RE.findall(template))
-                if not used <= set(spec.properties) or not set(spec.required) <= used:
-                    raise InputError(path, line, f"{name}.{lang}",
-                                     f"{template!r} must use the required parameters {sorted(spec.required)} "
-                                     f"and no placeholder outside {sorted(spec.properties)}")
+                fault = template_fault(spec, template)
+                if fault:
+                    raise InputError(path, line, f"{name}.{lang}", fault)
 
 
 def templates_for(spec: FunctionSpec, lang: str, split: str) -> list[str]:

@@ -70,6 +70,14 @@ def _check_schema(spec: FunctionSpec, path: Path, line: int | None, lexicon_dir:
                              f"no lexicon file {lexicon_dir / (lexicon + '.yaml')}")
 
 
+def template_fault(spec: FunctionSpec, template: str) -> str | None:
+    """What is wrong with one of `spec`'s templates: placeholders it has no parameter for, required ones it lacks."""
+    used = set(PLACEHOLDER_RE.findall(template))
+    unknown, missing = used - set(spec.properties), set(spec.required) - used
+    faults = ([f"names unknown params {sorted(unknown)}"] if unknown else []) + ([f"lacks required params {sorted(missing)}"] if missing else [])
+    return f"{template!r} " + "; ".join(faults) if faults else None
+
+
 def _check_templates(spec: FunctionSpec, path: Path, line: int | None) -> None:
     if spec.templates is None:
         return
@@ -78,13 +86,9 @@ def _check_templates(spec: FunctionSpec, path: Path, line: int | None) -> None:
         if len(templates) < 3:
             raise InputError(path, line, f"{spec.name}.templates.{lang}", "needs at least 3 templates (one is held out for test)")
         for template in templates:
-            used = set(PLACEHOLDER_RE.findall(template))
-            unknown = used - set(spec.properties)
-            missing = set(spec.required) - used
-            if unknown:
-                raise InputError(path, line, f"{spec.name}.templates.{lang}", f"{template!r} names unknown params {sorted(unknown)}")
-            if missing:
-                raise InputError(path, line, f"{spec.name}.templates.{lang}", f"{template!r} lacks required params {sorted(missing)}")
+            fault = template_fault(spec, template)
+            if fault:
+                raise InputError(path, line, f"{spec.name}.templates.{lang}", fault)
 
 
 def load_registry(catalog_dir: Path = CATALOG_DIR, lexicon_dir: Path | None = None) -> Registry:
