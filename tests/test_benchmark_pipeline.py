@@ -150,9 +150,12 @@ def test_training_retriever_on_a_flat_benchmark_and_on_one_with_domains(imported
     run.mkdir()
     (run / CLASSIFIER_FILE).write_text("stale")
     registry, train = registry_for_data(imported), read_split(imported, "train")
-    flat = train_retriever(registry, train, 0, run)  # one object (toy.intent): no classifier to fit
-    assert not (run / CLASSIFIER_FILE).exists()
-    assert flat.retrieve("play music", 4, must_include="toy.intent.play_music").functions == FUNCTIONS
+    single = train_retriever(registry, [r for r in train if r.function == FUNCTIONS[0]], 0, run)  # nothing to classify
+    assert not (run / CLASSIFIER_FILE).exists() and single.classifier is None
+    flat = train_retriever(registry, train, 0, run)  # one object (toy.intent), its intents told apart by the classifier
+    assert (run / CLASSIFIER_FILE).exists()
+    found = flat.retrieve("play music", 4, must_include="toy.intent.play_music")
+    assert found.functions == FUNCTIONS and set(found.prior) == {*FUNCTIONS, None}
     assert own_template_weights(train, 2.0, registry) == [2.0] * len(train)  # one-off functions, each with its templates
 
     items = [{"text": f"打开{app}", "domain": "app", "intent": "LAUNCH", "slots": {"name": app}} for app in ("微信", "淘宝", "支付宝")]

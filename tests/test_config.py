@@ -1,3 +1,6 @@
+import random
+from collections import Counter
+
 import pytest
 
 from tvcall.errors import InputError
@@ -36,3 +39,20 @@ def test_training_subset_weights_make_one_off_functions_likelier(registry):
     assert len(weighted) == 200 and len({r.id for r in weighted}) == 200
     assert one_off(weighted) > one_off(plain)
     assert training_subset(records, 200, seed=0) == plain  # seeded
+
+
+def test_training_subset_spreads_over_phrasings_and_functions_before_repeating_them(registry):
+    from tvcall.data.synth import SynthConfig, build_splits
+    from tvcall.training.train import training_subset
+
+    records = build_splits(registry, SynthConfig(seed=2, train_size=3000, dev_size=5, test_size=5))["train"]
+    in_scope = [r for r in records if r.function]
+    subset = training_subset(in_scope, 400, seed=0)
+    assert len({r.id for r in subset}) == 400
+    phrasings = Counter(r.template for r in subset)
+    functions = Counter(r.function for r in subset)
+    assert max(phrasings.values()) == 1 and max(functions.values()) == 1  # 400 fit in the first round
+    shuffled = list(in_scope)
+    random.Random(0).shuffle(shuffled)
+    assert len({r.template for r in subset}) > len({r.template for r in shuffled[:400]})  # more than at random
+    assert training_subset(in_scope, 400, seed=0) == subset  # seeded

@@ -125,3 +125,16 @@ def test_a_paraphrase_with_an_unknown_placeholder_names_file_line_and_function(r
     path.write_text("sound.equalizer_100hz.get:\n  en: [brighter]\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"paraphrases.yaml:1: sound.equalizer_100hz.get: not a function with its own"):
         check_paraphrases(registry, path)
+
+
+def test_training_records_name_their_phrasing_and_take_a_functions_phrasings_in_turn(registry):
+    records = build_splits(registry, SynthConfig(seed=4, train_size=3000, dev_size=5, test_size=5))["train"]
+    by_function: dict[tuple[str, str], list[str]] = {}
+    for record in records:
+        if record.function:
+            assert record.template in templates_for(registry[record.function], record.lang, "train")
+            by_function.setdefault((record.function, record.lang), []).append(record.template)
+    for (name, lang), used in by_function.items():
+        available = templates_for(registry[name], lang, "train")
+        if len(used) <= len(available):  # a function's first records (duplicate texts aside) use distinct phrasings
+            assert len(set(used)) >= len(used) - 1, (name, lang, used)

@@ -120,7 +120,7 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from tvcall.data.splits import read_manifest, read_split
-    from tvcall.eval.runner import evaluate
+    from tvcall.eval.runner import LATENCY_SAMPLE, evaluate
 
     records = read_split(Path(args.data), args.split)
     if args.limit:
@@ -133,9 +133,31 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.backend != "local":
         meta |= {"backend": args.backend} | ({"base_url": args.base_url, "model": args.model, "protocol": args.protocol} if args.backend == "remote" else {})
         out = out.with_name(f"{out.name}-{args.backend}")
-    path = evaluate(engine, records, Path(args.out or out), meta)
+    sample = None if args.one_at_a_time else (LATENCY_SAMPLE if args.latency_sample is None else args.latency_sample)
+    path = evaluate(engine, records, Path(args.out or out), meta, sample)
     print((path.parent / "report.md").read_text())
     print(path)
+
+
+def cmd_eval_compare(args: argparse.Namespace) -> None:
+    from tvcall.eval.compare import compare_runs, format_table
+
+    print(format_table(compare_runs(Path(args.run_a), Path(args.run_b), args.split, args.samples, args.seed,
+                                    Path(args.data) if args.data else None)), end="")
+
+
+def build_compare_parser() -> argparse.ArgumentParser:
+    """`tvcall eval compare RUN_A RUN_B`: its own parser, chosen in `main`, so `tvcall eval --run R` keeps its options."""
+    p = argparse.ArgumentParser(prog="tvcall eval compare", description="Two runs' predictions on one split side by side: "
+                                "deltas (B - A) with a paired bootstrap's 95% CI and p-value; * marks p < 0.05.")
+    p.add_argument("run_a", help="run folder A (the baseline)")
+    p.add_argument("run_b", help="run folder B")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="compares RUN/eval-SPLIT/predictions.jsonl")
+    p.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="dataset folder with the gold spans (default: run A's data_dir)")
+    p.set_defaults(func=cmd_eval_compare)
+    return p
 
 
 def _calibrated(engine: Any, run_dir: Path, data_dir: Path) -> dict[str, Any]:
@@ -146,10 +168,10 @@ def _calibrated(engine: Any, run_dir: Path, data_dir: Path) -> dict[str, Any]:
 
     if not (run_dir / CALIBRATION_FILE).exists():
         dev = read_split(data_dir, "dev")
-        print(f"calibrating abstention on {len(dev)} dev utterances", file=sys.stderr)
+        print(f"calibrating the name prior and abstention on {len(dev)} dev utterances", file=sys.stderr)
         found = calibrate(engine, dev)
         print(f"{save(found, run_dir)}: {found}", file=sys.stderr)
-    return {"null_bias": engine.decoder.null_bias}
+    return {"null_bias": engine.decoder.null_bias, "prior_weight": engine.decoder.prior_weight}
 
 
 def cmd_route(args: argparse.Namespace) -> None:
@@ -258,14 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: the preset's output_dir)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a run on a split; prints the metrics.json path last")
+    p = sub.add_parser("eval", help="evaluate a run on a split; prints the metrics.json path last "
+                       "(`tvcall eval compare RUN_A RUN_B` compares two evaluated runs)",
+                       epilog="`tvcall eval compare RUN_A RUN_B [--split S]` compares two runs' predictions (see its --help).")
     p.add_argument("--run", default=DEFAULT_RUN)
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT)")
     p.add_argument("--threads", type=int, help="torch threads")
-    p.add_argument("--no-calibrate", action="store_true", help="skip choosing the abstention bias on dev (when the run has none)")
+    p.add_argument("--no-calibrate", action="store_true", help="skip choosing the name prior and abstention bias on dev (when the run has none)")
+    p.add_argument("--latency-sample", type=int, metavar="N",
+                   help="calls are routed in batches; N utterances (default 150) are also routed one at a time for latency")
+    p.add_argument("--one-at-a-time", action="store_true", help="route every utterance alone, timing each (slower)")
     _add_backend_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -317,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_compare_parser().parse_args(argv[2:]) if argv[:2] == ["eval", "compare"] else build_parser().parse_args(argv)
     try:
         args.func(args)
     except (InputError, FileNotFoundError, FileExistsError) as exc:

@@ -6,6 +6,11 @@ schema order, then each value from a trie of what its schema allows: enum values
 within the bounds, and, for string slots, only spans of the utterance (a copy constraint). Tokens the
 constraint forces (JSON punctuation, keys, the rest of a name once its prefix is unique) are fed to the model
 without asking it; the model only runs where there is a real choice.
+
+At the name stage a prior over the candidate names (the retriever's classifier, `Retrieved.prior`) can join the
+model's scores as a product of experts: each name token's logit gains `prior_weight` times the log of the prior
+mass under that token relative to its node, so over a whole name the model's log-probability gains
+`prior_weight` × the name's log prior.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class Decoded:
     decided_tokens: int
     forced_tokens: int
     null_margin: float = math.nan  # logit of "no function" minus the best name's, before any abstention bias
+    # (with the prior's share added, as the name stage scores it)
 
 
 class TransformersLM:
@@ -112,6 +118,32 @@ class TransformersLM:
 
     def scores(self, head: torch.Tensor, allowed: list[int]) -> torch.Tensor:
         return head[allowed]
+
+
+class _PriorMass:
+    """Log prior mass under trie nodes (the payloads' log-probabilities summed), memoised for one walk."""
+
+    def __init__(self, prior: dict[Any, float]) -> None:
+        self.prior = prior
+        self.memo: dict[int, float] = {}
+
+    def of(self, node: TrieNode) -> float:
+        if id(node) not in self.memo:
+            parts = [self.prior.get(node.payload, -math.inf)] if node.terminal else []
+            parts += [self.of(child) for child in node.children.values()]
+            top = max(parts, default=-math.inf)
+            self.memo[id(node)] = top if top == -math.inf else top + math.log(sum(math.exp(p - top) for p in parts))
+        return self.memo[id(node)]
+
+    def shares(self, node: TrieNode, allowed: list[int]) -> torch.Tensor:
+        """log(mass under each allowed token / mass at `node`); a token that ends the alternative gets the
+        node's own payload's share; no mass anywhere under the node: zeros (the prior has no opinion)."""
+        total = self.of(node)
+        if total == -math.inf:
+            return torch.zeros(len(allowed))
+        own = self.prior.get(node.payload, -math.inf) if node.terminal else -math.inf
+        masses = [self.of(node.children[t]) if t in node.children else own for t in allowed]
+        return torch.tensor([max(m - total, -30.0) for m in masses])  # a floor: no name is ruled out outright
 
 
 Step = tuple[list[int], list[int]]  # tokens to run first (empty: reuse the last state), tokens allowed next
@@ -149,6 +181,7 @@ class ConstrainedDecoder:
         self._key_tries: dict[tuple[str, int], TokenTrie] = {}
         self._value_tries: dict[tuple[Any, ...], TokenTrie] = {}
         self.null_bias = 0.0  # added to the "no function" logit at the name's first token (see tvcall.eval.calibrate)
+        self.prior_weight = 0.0  # how much the name prior counts against the model's own scores (calibrated too)
 
     # --- tries -----------------------------------------------------------------------------------
     def _trie(self, alternatives: list[tuple[str, Any]]) -> TokenTrie:
@@ -201,12 +234,15 @@ class ConstrainedDecoder:
 
     @staticmethod
     def _choose(walk: _Walk, trie: TokenTrie, follow: frozenset[int] = frozenset(),
-                bias: tuple[int, float] | None = None) -> Generator[Step, torch.Tensor, tuple[Any, float]]:
+                bias: tuple[int, float] | None = None,
+                prior: tuple[dict[Any, float], float] | None = None) -> Generator[Step, torch.Tensor, tuple[Any, float]]:
         """Greedy walk of `trie`; `follow` are the first tokens of what comes next (to end a prefix alternative).
 
         `bias` (token, logit offset) shifts one first token at the root; `walk.margin` records that token's
-        unbiased logit minus the best other one there.
+        unbiased logit minus the best other one there. `prior` (log-probability per payload, weight) adds the
+        weighted log prior mass under each allowed token, relative to its node's.
         """
+        masses = _PriorMass(prior[0]) if prior is not None and prior[1] else None
         node, logprob = trie.root, 0.0
         while True:
             ending = node.terminal
@@ -218,6 +254,8 @@ class ConstrainedDecoder:
                 node = node.children[allowed[0]]
                 continue
             scores = yield walk.take(), allowed
+            if masses is not None and prior is not None:
+                scores = scores + prior[1] * masses.shares(node, allowed)
             if bias is not None and node is trie.root and bias[0] in allowed and len(allowed) > 1:
                 index = allowed.index(bias[0])
                 others = torch.cat([scores[:index], scores[index + 1:]])
@@ -237,12 +275,14 @@ class ConstrainedDecoder:
         """Names narrowed to `candidates` (retrieved functions); "no function" stays allowed."""
         return TokenTrie((self._name_ids[n], n) for n in [*candidates, None] if n in self._name_ids)
 
-    def _steps(self, text: str, candidates: Sequence[str] | None) -> Generator[Step, torch.Tensor, Decoded]:
+    def _steps(self, text: str, candidates: Sequence[str] | None,
+               prior: dict[str | None, float] | None = None) -> Generator[Step, torch.Tensor, Decoded]:
         """One decode as a coroutine: yields what to run and score, receives the scores."""
         walk = _Walk(pending=list(self._ids(P.NAME_OPEN)))
         names = self.name_trie if candidates is None else self.candidate_trie(candidates)
         null_first = self._name_ids[None][0]
-        name, name_logprob = yield from self._choose(walk, names, bias=(null_first, self.null_bias))
+        name, name_logprob = yield from self._choose(walk, names, bias=(null_first, self.null_bias),
+                                                     prior=(prior, self.prior_weight) if prior else None)
         logprob = name_logprob
         arguments: dict[str, Any] = {}
         if name is not None:
@@ -271,22 +311,26 @@ class ConstrainedDecoder:
             decided_tokens=walk.decided, forced_tokens=walk.forced, null_margin=walk.margin,
         )
 
-    def decode(self, text: str, candidates: Sequence[str] | None = None, options: Sequence[str] = ()) -> Decoded:
-        return self.decode_batch([text], [candidates], [options])[0]
+    def decode(self, text: str, candidates: Sequence[str] | None = None, options: Sequence[str] = (),
+               prior: dict[str | None, float] | None = None) -> Decoded:
+        return self.decode_batch([text], [candidates], [options], [prior])[0]
 
     def decode_batch(self, texts: Sequence[str], candidates: Sequence[Sequence[str] | None],
-                     options: Sequence[Sequence[str]]) -> list[Decoded]:
+                     options: Sequence[Sequence[str]], priors: Sequence[dict[str | None, float] | None] | None = None) -> list[Decoded]:
         """Decode several utterances together: each model step runs every sequence that needs one at once."""
+        priors = priors if priors is not None else [None] * len(texts)
         results: list[Decoded] = []
         for start in range(0, len(texts), self.lm.capacity):
             chunk = range(start, min(len(texts), start + self.lm.capacity))
-            results += self._decode_chunk([texts[i] for i in chunk], [candidates[i] for i in chunk], [options[i] for i in chunk])
+            results += self._decode_chunk([texts[i] for i in chunk], [candidates[i] for i in chunk],
+                                          [options[i] for i in chunk], [priors[i] for i in chunk])
         return results
 
-    def _decode_chunk(self, texts: list[str], candidates: list[Sequence[str] | None], options: list[Sequence[str]]) -> list[Decoded]:
+    def _decode_chunk(self, texts: list[str], candidates: list[Sequence[str] | None], options: list[Sequence[str]],
+                      priors: list[dict[str | None, float] | None]) -> list[Decoded]:
         sessions = [self.lm.open(P.prompt_ids(self.tokenizer, t, o)) for t, o in zip(texts, options, strict=True)]
         try:
-            walks = [self._steps(t, c) for t, c in zip(texts, candidates, strict=True)]
+            walks = [self._steps(t, c, p) for t, c, p in zip(texts, candidates, priors, strict=True)]
             steps: list[Step | None] = [next(w) for w in walks]
             heads: list[Any] = [None] * len(walks)
             results: list[Decoded | None] = [None] * len(walks)

@@ -104,7 +104,7 @@ class TransformersEngine(Engine):
         top_objects = int(config.get("retrieval_top_objects", 0))  # as the model was trained
         registry = registry or run_registry(Path(run_dir), config)
         engine = cls(model, load_tokenizer(source), registry, backend, top_objects, run_retriever(registry, Path(run_dir)))
-        engine.decoder.null_bias = load_null_bias(Path(run_dir))
+        engine.decoder.null_bias, engine.decoder.prior_weight = load_calibration(Path(run_dir))
         return engine
 
     def route(self, text: str) -> RouteResult:
@@ -115,7 +115,8 @@ class TransformersEngine(Engine):
         started = time.perf_counter()
         if self.retriever is not None and self.top_objects:
             found = [self.retriever.retrieve(t, self.top_objects) for t in texts]
-            decoded = self.decoder.decode_batch(texts, [f.functions for f in found], [f.options for f in found])
+            decoded = self.decoder.decode_batch(texts, [f.functions for f in found], [f.options for f in found],
+                                                [f.prior for f in found])
         else:
             decoded = self.decoder.decode_batch(texts, [None] * len(texts), [()] * len(texts))
         latency_ms = (time.perf_counter() - started) * 1000
@@ -164,9 +165,13 @@ def shared_prompt_prefix(tokenizer: Any) -> list[int]:
     return a[:n]
 
 
-def load_null_bias(run_dir: Path) -> float:
+def load_calibration(run_dir: Path) -> tuple[float, float]:
+    """(null bias, prior weight) chosen on dev; none chosen yet: (0, 0)."""
     path = Path(run_dir) / CALIBRATION_FILE
-    return float(json.loads(path.read_text())["null_bias"]) if path.exists() else 0.0
+    if not path.exists():
+        return 0.0, 0.0
+    chosen = json.loads(path.read_text())
+    return float(chosen["null_bias"]), float(chosen.get("prior_weight", 0.0))
 
 
 def set_threads(threads: int | None) -> None:

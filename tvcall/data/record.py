@@ -27,6 +27,7 @@ class Record(BaseModel):
     function: str | None  # None: out of scope, the answer is "no function"
     arguments: dict[str, Any] = {}
     spans: list[Span] = []
+    template: str | None = None  # the phrasing a synthetic record was filled from (training spreads over them)
 
     @model_validator(mode="after")
     def _spans_inside_text(self) -> Record:

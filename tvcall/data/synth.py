@@ -179,7 +179,7 @@ def fill(spec: FunctionSpec, template: str, lang: str, split: str, rng: random.R
         arguments[key] = value
         spans.append(span)
     ordered = {k: arguments[k] for k in spec.properties if k in arguments}
-    return Record(id=rid, text=text, lang=lang, function=spec.name, arguments=ordered, spans=spans)
+    return Record(id=rid, text=text, lang=lang, function=spec.name, arguments=ordered, spans=spans, template=template)
 
 
 def _said_outright(spec: FunctionSpec, text: str, arguments: dict[str, Any]) -> list[tuple[str, Span, Any]]:
@@ -202,6 +202,7 @@ def synthesize(registry: Registry, split: str, size: int, config: SynthConfig,
     names = registry.names
     seen = set(exclude or ())
     records: list[Record] = []
+    unused: dict[tuple[str, str], list[str]] = {}  # training: each function's phrasings in turn, not at random
     attempts = 0
     while len(records) < size:
         attempts += 1
@@ -216,7 +217,14 @@ def synthesize(registry: Registry, split: str, size: int, config: SynthConfig,
             templates = templates_for(spec, lang, split)
             if not templates:
                 continue
-            record = fill(spec, rng.choice(templates), lang, split, rng, rid)
+            if split == "train":
+                queue = unused.setdefault((spec.name, lang), [])
+                if not queue:
+                    queue += rng.sample(templates, len(templates))
+                template = queue.pop()
+            else:
+                template = rng.choice(templates)
+            record = fill(spec, template, lang, split, rng, rid)
         # Out-of-scope texts are few, so training repeats them; everything else is distinct.
         if record.text in seen and not (record.function is None and split == "train"):
             continue

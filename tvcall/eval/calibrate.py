@@ -1,8 +1,10 @@
-"""Calibrated abstention: how much to favour "no function" at the name's first token, chosen on the dev split.
+"""Calibration on the dev split: how much the name stage trusts the classifier's prior, and how much to favour
+"no function" at the name's first token.
 
 The decoder records, for every utterance, the logit of "no function" minus that of the best name at the first
 name token (`null_margin`). With a bias b added to the "no function" logit, an utterance abstains exactly when
-margin + b > 0, and otherwise decodes as it did unbiased; so one unbiased pass over dev scores every b.
+margin + b > 0, and otherwise decodes as it did unbiased; so one unbiased pass over dev scores every b. The prior
+weight changes the decode itself: one pass per weight in `PRIOR_WEIGHTS`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tvcall.data.record import Record, write_atomic
 @dataclass
 class Calibration:
     null_bias: float
+    prior_weight: float
     dev_examples: int
     dev_function_accuracy_unbiased: float
     dev_function_accuracy: float
@@ -30,6 +33,7 @@ def accuracy_at(bias: float, margins: list[float], names: list[str | None], gold
 
 
 MIN_GAIN = 2  # dev utterances a bias must win: a one-utterance gain on a small dev split is noise (it cost test)
+PRIOR_WEIGHTS = (0.0, 0.5, 1.0)  # tried in this order; a later one is taken only when it wins MIN_GAIN more
 
 
 def choose_null_bias(margins: list[float], names: list[str | None], golds: list[str | None],
@@ -43,17 +47,25 @@ def choose_null_bias(margins: list[float], names: list[str | None], golds: list[
     return best if gain >= min_gain - 1e-9 else 0.0
 
 
-def calibrate(engine: TransformersEngine, records: list[Record]) -> Calibration:
+def calibrate(engine: TransformersEngine, records: list[Record], weights: tuple[float, ...] = PRIOR_WEIGHTS) -> Calibration:
+    """The prior weight and null bias that route most dev utterances right; leaves them set on `engine`."""
+    texts, golds = [r.text for r in records], [r.function for r in records]
+    has_prior = engine.retriever is not None and engine.retriever.classifier is not None
     engine.decoder.null_bias = 0.0
-    results = engine.route_batch([r.text for r in records])  # latency is not measured here: batch it
-    margins = [r.null_margin for r in results]
-    names = [r.name for r in results]
-    golds = [r.function for r in records]
-    bias = choose_null_bias(margins, names, golds)
-    engine.decoder.null_bias = bias
-    return Calibration(null_bias=bias, dev_examples=len(records),
-                       dev_function_accuracy_unbiased=accuracy_at(0.0, margins, names, golds),
-                       dev_function_accuracy=accuracy_at(bias, margins, names, golds))
+    tried: list[tuple[float, float, float, float]] = []  # (weight, bias, accuracy, accuracy unbiased)
+    for weight in weights if has_prior else (0.0,):
+        engine.decoder.prior_weight = weight
+        results = engine.route_batch(texts)  # latency is not measured here: batch it
+        margins, names = [r.null_margin for r in results], [r.name for r in results]
+        bias = choose_null_bias(margins, names, golds)
+        tried.append((weight, bias, accuracy_at(bias, margins, names, golds), accuracy_at(0.0, margins, names, golds)))
+    chosen = tried[0]
+    for candidate in tried[1:]:
+        if (candidate[2] - chosen[2]) * len(records) >= MIN_GAIN - 1e-9:
+            chosen = candidate
+    engine.decoder.prior_weight, engine.decoder.null_bias = chosen[0], chosen[1]
+    return Calibration(null_bias=chosen[1], prior_weight=chosen[0], dev_examples=len(records),
+                       dev_function_accuracy_unbiased=tried[0][3], dev_function_accuracy=chosen[2])
 
 
 def save(calibration: Calibration, run_dir: Path) -> Path:

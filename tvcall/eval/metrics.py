@@ -28,7 +28,7 @@ class Prediction:
     arguments: dict[str, Any]
     raw: str
     valid: bool  # fits the registry's schema (after decoding)
-    latency_ms: float
+    latency_ms: float | None  # None: routed in a batch, not timed on its own
     confidence: float = 1.0
 
 
@@ -89,7 +89,7 @@ def score(records: list[Record], preds: list[Prediction], registry: Registry) ->
     pred_oos = [p.name is None for p in preds]
     gold_oos = [r.function is None for r in records]
     both = sum(p and g for p, g in zip(pred_oos, gold_oos, strict=True))
-    latencies = np.array([p.latency_ms for p in preds]) if preds else np.zeros(1)
+    latencies = [p.latency_ms for p in preds if p.latency_ms is not None]  # None: not timed on its own
     has_entities = any(t != "O" for seq in [*gold_tags, *pred_tags] for t in seq)
     return {
         "n": len(records),
@@ -102,8 +102,9 @@ def score(records: list[Record], preds: list[Prediction], registry: Registry) ->
         "schema_valid_rate": _ratio(sum(p.valid for p in preds), len(preds)),
         "oos_precision": _ratio(both, sum(pred_oos)),
         "oos_recall": _ratio(both, sum(gold_oos)),
-        "latency_ms_p50": float(np.percentile(latencies, 50)),
-        "latency_ms_p95": float(np.percentile(latencies, 95)),
+        "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
+        "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies else None,
+        "latency_n": len(latencies),
     }
 
 

@@ -3,17 +3,20 @@ functions sharing an object).
 
 Two scorers, z-normalised and added: BM25 over the objects' own words (names, zh/en descriptions, object,
 attribute and enum phrases, their own training templates; English words, Chinese character uni/bi-grams),
-and, once a run has trained one, `ObjectClassifier`, learned from the training utterances. The prompt lists
-the top objects in rank order with a short label, and the decoder's name stage is narrowed to their functions.
+and, once a run has trained one, `FunctionClassifier`, learned from the training utterances, which scores an
+object by its best function. The prompt lists the top objects in rank order with a short label, the decoder's
+name stage is narrowed to their functions, and the classifier's probabilities over those functions and "no
+function" (`Retrieved.prior`) are the name stage's second opinion (`ConstrainedDecoder.prior_weight`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import joblib
@@ -28,7 +31,8 @@ from tvcall.functions.spec import LANGS, FunctionSpec
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
 _CJK = re.compile(r"[\u3400-\u9fff]+")
 DEFAULT_TOP_OBJECTS = 4
-CLASSIFIER_FILE = "retriever.joblib"  # in a run folder
+CLASSIFIER_FILE = "classifier.joblib"  # in a run folder
+NO_FUNCTION = "<none>"  # the classifier's label for out-of-scope utterances
 
 
 def tokens(text: str) -> list[str]:
@@ -68,32 +72,33 @@ def _label(specs: list[FunctionSpec], lang: str) -> str:
     return min((s.description.forms(lang)[0] for s in specs), key=len)
 
 
-class ObjectClassifier:
-    """Which object a command is about, learned from training utterances: TF-IDF over character n-grams within
-    words and a logistic-regression head. Unlike BM25 over the registry's words, it learns which n-grams name
-    an object and which only say how people phrase commands (on the dev split: top-1 0.90 vs BM25's 0.82)."""
+class FunctionClassifier:
+    """Which function a command calls, or none (`NO_FUNCTION`), learned from training utterances: TF-IDF over
+    character n-grams within words and a logistic-regression head. Unlike BM25 over the registry's words, it
+    learns which n-grams name a function and which only say how people phrase commands. It sees every training
+    utterance in seconds, where the LLM's time budget covers a fraction of them."""
 
     def __init__(self, vectorizer: TfidfVectorizer, model: SGDClassifier) -> None:
         self.vectorizer, self.model = vectorizer, model
-        # features × objects, contiguous: `decision_function` multiplies by `coef_.T`, a strided view it copies on
-        # every call (80 ms of a 1,325-object model's 100 MB)
+        # features × labels, contiguous: `decision_function` multiplies by `coef_.T`, a strided view it copies on
+        # every call (80 ms of a 1,325-label model's 100 MB)
         self._weights = np.ascontiguousarray(model.coef_.T)
 
     @classmethod
-    def fit(cls, texts: Sequence[str], objects: Sequence[str], seed: int = 0) -> ObjectClassifier:
+    def fit(cls, texts: Sequence[str], labels: Sequence[str], seed: int = 0) -> FunctionClassifier:
         vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, lowercase=True)
         features = vectorizer.fit_transform(texts)
         model = SGDClassifier(loss="log_loss", alpha=1e-5, max_iter=8, tol=None, random_state=seed, n_jobs=2)
-        return cls(vectorizer, model.fit(features, list(objects)))
+        return cls(vectorizer, model.fit(features, list(labels)))
 
     @property
-    def objects(self) -> list[str]:
+    def labels(self) -> list[str]:
         return [str(c) for c in self.model.classes_]
 
     def scores(self, text: str) -> np.ndarray:
-        """One score per object (`objects` order)."""
+        """One log-odds score per label (`labels` order)."""
         scores = (self.vectorizer.transform([text]) @ self._weights)[0] + self.model.intercept_
-        return np.array([-scores[0], scores[0]]) if len(scores) == 1 else scores  # two objects: one margin
+        return np.array([-scores[0], scores[0]]) if len(scores) == 1 else scores  # two labels: one margin
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -101,7 +106,7 @@ class ObjectClassifier:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> ObjectClassifier:
+    def load(cls, path: Path) -> FunctionClassifier:
         vectorizer, model = joblib.load(path)
         return cls(vectorizer, model)
 
@@ -116,10 +121,12 @@ class Retrieved:
     scores: list[float]
     functions: list[str]
     options: list[str]  # "domain.object label" lines for the prompt
+    prior: dict[str | None, float] = field(default_factory=dict)  # the classifier's log-probabilities over
+    # `functions` and None (no function), normalised over them; empty without a classifier
 
 
 class Retriever:
-    def __init__(self, registry: Registry, classifier: ObjectClassifier | None = None) -> None:
+    def __init__(self, registry: Registry, classifier: FunctionClassifier | None = None) -> None:
         groups: dict[str, list[FunctionSpec]] = defaultdict(list)
         for spec in registry.functions.values():
             groups[object_key(spec.name)].append(spec)
@@ -129,39 +136,56 @@ class Retriever:
         self.index = BM25Okapi([tokens(" ".join(p for s in groups[key] for p in _describe(s))) for key in self.objects])
         self.use_classifier(classifier)
 
-    def use_classifier(self, classifier: ObjectClassifier | None) -> None:
+    def use_classifier(self, classifier: FunctionClassifier | None) -> None:
         self.classifier = classifier
-        if classifier is not None:  # the classifier's columns in the order of self.objects (-1: an object it never saw)
-            column = {name: i for i, name in enumerate(classifier.objects)}
-            self._columns = np.array([column.get(key, -1) for key in self.objects])
+        if classifier is not None:
+            column = {label: i for i, label in enumerate(classifier.labels)}
+            self._column = {name: column.get(name, -1) for names in self.functions.values() for name in names}
+            self._column[None] = column.get(NO_FUNCTION, -1)  # -1: a label the classifier never saw
+            position = {key: i for i, key in enumerate(self.objects)}
+            labelled = [(i, position[object_key(label)]) for label, i in column.items()
+                        if label != NO_FUNCTION and object_key(label) in position]
+            self._label_columns = np.array([i for i, _ in labelled], dtype=int)
+            self._label_objects = np.array([o for _, o in labelled], dtype=int)
 
-    def scores(self, text: str) -> np.ndarray:
+    def _object_scores(self, text: str, learned: np.ndarray | None) -> np.ndarray:
+        """BM25, plus (z-normalised) the classifier's score of each object's best function."""
         bm25 = self.index.get_scores(tokens(text))
-        if self.classifier is None:
+        if learned is None:
             return bm25
-        learned = self.classifier.scores(text)
-        aligned = np.where(self._columns >= 0, learned[np.maximum(self._columns, 0)], learned.min())
-        return _standardised(aligned) + _standardised(bm25)
+        by_object = np.full(len(self.objects), -np.inf)
+        np.maximum.at(by_object, self._label_objects, learned[self._label_columns])
+        by_object[np.isinf(by_object)] = learned.min()  # objects the classifier never saw
+        return _standardised(by_object) + _standardised(bm25)
+
+    def _prior(self, learned: np.ndarray, functions: list[str]) -> dict[str | None, float]:
+        names: list[str | None] = [*functions, None]
+        logits = np.array([learned[self._column[n]] if self._column[n] >= 0 else learned.min() for n in names])
+        logits -= logits.max()
+        log_norm = math.log(float(np.exp(logits).sum()))
+        return {n: float(v) - log_norm for n, v in zip(names, logits, strict=True)}
 
     def retrieve(self, text: str, k: int = DEFAULT_TOP_OBJECTS, must_include: str | None = None) -> Retrieved:
         """Top-k objects; `must_include` (training: the gold function) replaces the last one when missed."""
-        scores = self.scores(text)
+        learned = self.classifier.scores(text) if self.classifier is not None else None
+        scores = self._object_scores(text, learned)
         top = [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
         objects = [self.objects[i] for i in top]
         if must_include is not None and object_key(must_include) not in objects:
             objects[-1] = object_key(must_include)
         lang = language(text)
+        functions = [name for key in objects for name in self.functions[key]]
         return Retrieved(
-            objects=objects, scores=[float(scores[i]) for i in top],
-            functions=[name for key in objects for name in self.functions[key]],
+            objects=objects, scores=[float(scores[i]) for i in top], functions=functions,
             options=[f"{key} {self.labels[key, lang]}" for key in objects],
+            prior=self._prior(learned, functions) if learned is not None else {},
         )
 
 
-def run_classifier(run_dir: Path) -> ObjectClassifier | None:
+def run_classifier(run_dir: Path) -> FunctionClassifier | None:
     """The classifier a run trained, if it has one."""
     path = Path(run_dir) / CLASSIFIER_FILE
-    return ObjectClassifier.load(path) if path.exists() else None
+    return FunctionClassifier.load(path) if path.exists() else None
 
 
 def run_retriever(registry: Registry, run_dir: Path) -> Retriever:
@@ -169,7 +193,6 @@ def run_retriever(registry: Registry, run_dir: Path) -> Retriever:
     return Retriever(registry, run_classifier(run_dir))
 
 
-def fit_classifier(examples: Sequence[tuple[str, str | None]], seed: int = 0) -> ObjectClassifier:
-    """From (text, function name) pairs; out-of-scope ones (None) are left out."""
-    pairs = [(text, object_key(name)) for text, name in examples if name]
-    return ObjectClassifier.fit([t for t, _ in pairs], [o for _, o in pairs], seed)
+def fit_classifier(examples: Sequence[tuple[str, str | None]], seed: int = 0) -> FunctionClassifier:
+    """From (text, function name) pairs; out-of-scope ones (None) are labelled `NO_FUNCTION`."""
+    return FunctionClassifier.fit([t for t, _ in examples], [n or NO_FUNCTION for _, n in examples], seed)

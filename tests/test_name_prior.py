@@ -1,0 +1,84 @@
+"""The classifier's prior at the decoder's name stage, and its weight chosen on dev."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from tests.test_prompt_and_decoder import _TeacherLM
+from tvcall.app.decoder import ConstrainedDecoder, _PriorMass
+from tvcall.data import prompt as P
+from tvcall.data.synth import SynthConfig, build_splits
+from tvcall.eval.calibrate import MIN_GAIN, calibrate
+from tvcall.functions.retrieve import Retriever, fit_classifier
+
+NAMES = ["sound.volume.increase", "sound.volume.decrease", "sound.volume.set", "picture.brightness.increase"]
+
+
+def test_prior_shares_along_a_name_add_up_to_its_log_prior(registry, tokenizer):
+    decoder = ConstrainedDecoder(lm=None, tokenizer=tokenizer, registry=registry)
+    trie = decoder.candidate_trie(NAMES)
+    prior = dict(zip([*NAMES, None], [math.log(p) for p in (0.4, 0.3, 0.1, 0.15, 0.05)], strict=True))
+    masses = _PriorMass(prior)
+    for name in [*NAMES, None]:
+        node, total = trie.root, 0.0
+        for token in tokenizer(P.name_segment(name), add_special_tokens=False)["input_ids"]:
+            allowed = list(node.children)
+            total += float(masses.shares(node, allowed)[allowed.index(token)])
+            node = node.children[token]
+        assert node.terminal and node.payload == name
+        assert total == pytest.approx(prior[name], abs=1e-5)
+
+
+def test_a_confident_prior_overrides_the_models_choice_only_when_weighted(registry, tokenizer):
+    decoder = ConstrainedDecoder(lm=None, tokenizer=tokenizer, registry=registry)
+    model_says, prior_says = "sound.volume.increase", "picture.brightness.increase"
+    prior = {n: math.log(0.999 if n == prior_says else 0.001 / 4) for n in [*NAMES, None]}
+
+    def decode(weight: float) -> str | None:
+        decoder.lm = _TeacherLM(P.answer_ids(tokenizer, model_says, {})[:-1], len(tokenizer))
+        decoder.prior_weight = weight
+        return decoder.decode("turn it up", NAMES, prior=prior).name
+
+    assert decode(0.0) == model_says
+    assert decode(2.0) == prior_says
+
+
+def test_retriever_prior_covers_the_candidates_and_no_function(registry):
+    records = build_splits(registry, SynthConfig(seed=6, train_size=2000, dev_size=5, test_size=5))["train"]
+    retriever = Retriever(registry, fit_classifier([(r.text, r.function) for r in records]))
+    seen = next(r for r in records if r.function)
+    found = retriever.retrieve(seen.text, 4)
+    assert set(found.prior) == {*found.functions, None}
+    assert sum(math.exp(v) for v in found.prior.values()) == pytest.approx(1.0)
+    assert seen.function in found.functions and found.prior[seen.function] == max(found.prior.values())
+    assert Retriever(registry).retrieve(seen.text, 4).prior == {}  # no classifier, no prior
+
+
+class _FakeEngine:
+    """route_batch answers from a table keyed by the decoder's prior weight (the calibration logic alone)."""
+
+    def __init__(self, answers: dict[float, list[str | None]]) -> None:
+        self.answers = answers
+        self.decoder = SimpleNamespace(prior_weight=0.0, null_bias=0.0)
+        self.retriever = SimpleNamespace(classifier=object())
+
+    def route_batch(self, texts):
+        names = self.answers[self.decoder.prior_weight]
+        return [SimpleNamespace(name=n, null_margin=-5.0) for n in names]
+
+
+def _records(golds):
+    return [SimpleNamespace(text=f"t{i}", function=g) for i, g in enumerate(golds)]
+
+
+def test_a_prior_weight_is_taken_only_when_it_wins_enough_dev_utterances():
+    golds = ["a.b.c", "a.b.d", "a.b.e", "a.b.f"]
+    one_better = {0.0: ["a.b.c", "x", "x", "x"], 0.5: ["a.b.c", "a.b.d", "x", "x"], 1.0: ["x", "x", "x", "x"]}
+    found = calibrate(_FakeEngine(one_better), _records(golds))
+    assert found.prior_weight == 0.0 and MIN_GAIN > 1
+    two_better = {0.0: ["a.b.c", "x", "x", "x"], 0.5: ["a.b.c", "a.b.d", "x", "x"], 1.0: ["a.b.c", "a.b.d", "a.b.e", "x"]}
+    engine = _FakeEngine(two_better)
+    found = calibrate(engine, _records(golds))
+    assert found.prior_weight == 1.0 and engine.decoder.prior_weight == 1.0
+    assert found.dev_function_accuracy == 0.75 and found.dev_function_accuracy_unbiased == 0.25
