@@ -56,3 +56,26 @@ def test_training_subset_spreads_over_phrasings_and_functions_before_repeating_t
     random.Random(0).shuffle(shuffled)
     assert len({r.template for r in subset}) > len({r.template for r in shuffled[:400]})  # more than at random
     assert training_subset(in_scope, 400, seed=0) == subset  # seeded
+
+
+def test_answer_loss_equals_the_models_own_loss_over_the_answer_tokens(base_model, tokenizer):
+    import torch
+
+    from tvcall.data.prompt import training_example
+    from tvcall.training.train import answer_loss
+
+    examples = [training_example(tokenizer, "把音量调到20", "sound.volume.set", {"value": 20}),
+                training_example(tokenizer, "turn up the volume", "sound.volume.increase", {})]
+    length = max(len(e["input_ids"]) for e in examples)
+    ids = torch.zeros((2, length), dtype=torch.long)
+    labels = torch.full((2, length), -100)
+    mask = torch.zeros((2, length), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        ids[row, :n], mask[row, :n] = torch.tensor(example["input_ids"]), 1
+        labels[row, :n] = torch.tensor([t if m else -100 for t, m in zip(example["input_ids"], example["completion_mask"], strict=True)])
+    with torch.no_grad():
+        loss, accuracy = answer_loss(base_model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
+        reference = base_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-4)
+    assert 0.0 <= accuracy.item() <= 1.0
