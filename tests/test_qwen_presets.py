@@ -33,9 +33,9 @@ def test_each_preset_asks_for_its_method():
     assert zero["zero_optimization"]["stage"] == 3 and zero["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
 
 
-def test_cpu_default_keeps_the_trainer_defaults():
+def test_cpu_default_keeps_the_trainer_defaults_but_eager_attention():
     config = load_config("cpu-default")
-    assert (config.dtype, config.optim, config.deepspeed, config.attn_implementation) == ("float32", None, None, None)
+    assert (config.dtype, config.optim, config.deepspeed, config.attn_implementation) == ("float32", None, None, "eager")
     assert optional_args(config) == {}
 
 
