@@ -175,3 +175,13 @@ def test_training_retriever_on_a_flat_benchmark_and_on_one_with_domains(imported
     assert retriever.classifier is not None
     assert retriever.retrieve("上海天气", 1).functions == ["smp.weather.query"]
     assert retriever.retrieve("打开微信", 1).functions == ["smp.app.launch"]
+
+
+def test_eval_reads_the_split_of_the_folder_the_run_was_trained_on(imported: Path, tmp_path: Path) -> None:
+    from tvcall.cli import DEFAULT_DATA, _run_data_dir
+
+    run = write_run(tmp_path / "run", imported, data_registry=True)
+    assert _run_data_dir(run) == str(imported)
+    assert _run_data_dir(tmp_path / "no-run") == DEFAULT_DATA
+    args = build_parser().parse_args(["eval", "--run", str(run)])
+    assert args.data is None  # filled from the run when the command runs

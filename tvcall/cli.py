@@ -122,6 +122,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from tvcall.data.splits import read_manifest, read_split
     from tvcall.eval.runner import LATENCY_SAMPLE, evaluate
 
+    args.data = args.data or _run_data_dir(Path(args.run))
     records = read_split(Path(args.data), args.split)
     if args.limit:
         records = records[: args.limit]
@@ -158,6 +159,18 @@ def build_compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder with the gold spans (default: run A's data_dir)")
     p.set_defaults(func=cmd_eval_compare)
     return p
+
+
+def _run_data_dir(run_dir: Path) -> str:
+    """The dataset folder a run was trained on (its config.yaml's data_dir), else the synthetic default."""
+    config = run_dir / "config.yaml"
+    if config.exists():
+        import yaml
+
+        recorded = (yaml.safe_load(config.read_text()) or {}).get("data_dir")
+        if recorded:
+            return str(recorded)
+    return DEFAULT_DATA
 
 
 def _calibrated(engine: Any, run_dir: Path, data_dir: Path) -> dict[str, Any]:
@@ -284,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(`tvcall eval compare RUN_A RUN_B` compares two evaluated runs)",
                        epilog="`tvcall eval compare RUN_A RUN_B [--split S]` compares two runs' predictions (see its --help).")
     p.add_argument("--run", default=DEFAULT_RUN)
-    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--data", help=f"dataset folder (default: the run's data_dir, else {DEFAULT_DATA})")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT)")
