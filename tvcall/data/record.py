@@ -47,19 +47,27 @@ class Record(BaseModel):
         return None
 
 
-def read_jsonl(path: Path) -> Iterator[Record]:
+def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of a JSONL file; bad JSON names the file and line."""
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                yield Record.model_validate(json.loads(line))
+                value = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputError(path, number, "json", exc.msg) from exc
-            except ValidationError as exc:
-                error = exc.errors()[0]
-                field = ".".join(str(p) for p in error["loc"]) or "record"
-                raise InputError(path, number, field, error["msg"]) from exc
+            yield number, value
+
+
+def read_jsonl(path: Path) -> Iterator[Record]:
+    for number, value in json_lines(path):
+        try:
+            yield Record.model_validate(value)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(p) for p in error["loc"]) or "record"
+            raise InputError(path, number, field, error["msg"]) from exc
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -3,7 +3,6 @@ over utterances for each delta's 95% interval and p-value (`tvcall eval compare 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ import yaml
 from seqeval.metrics.sequence_labeling import get_entities
 
 from tvcall.data.grounding import value_surfaces
-from tvcall.data.record import Record, Span
+from tvcall.data.record import Record, Span, json_lines
 from tvcall.data.splits import read_split
 from tvcall.errors import InputError
 from tvcall.eval.metrics import Prediction, bio_tags, exact
@@ -74,18 +73,11 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise InputError(path, None, "predictions", "missing: run `tvcall eval` on this run and split first")
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(path, number, "json", exc.msg) from exc
-            for key in ("id", "text", "gold", "pred"):
-                if key not in row:
-                    raise InputError(path, number, key, "missing")
-            rows.append(row)
+    for number, row in json_lines(path):
+        for key in ("id", "text", "gold", "pred"):
+            if key not in row:
+                raise InputError(path, number, key, "missing")
+        rows.append(row)
     return rows
 
 
