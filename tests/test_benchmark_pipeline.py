@@ -120,8 +120,9 @@ def test_from_run_routes_over_the_runs_registry(imported: Path, tmp_path: Path, 
 
     seen = {}
 
-    def fake_init(self, model, tokenizer, registry=None, backend="fast", top_objects=None, retriever=None):  # noqa: ANN001, ANN202
-        seen.update(registry=registry, retriever=retriever)
+    def fake_init(self, model, tokenizer, registry=None, backend="fast", top_objects=None, retriever=None,  # noqa: ANN001, ANN202
+                  prompt_options=True):  # noqa: ANN001
+        seen.update(registry=registry, retriever=retriever, prompt_options=prompt_options)
         self.registry, self.decoder = registry, SimpleNamespace(null_bias=0.0)
 
     monkeypatch.setattr(engine_module, "load_model", lambda source: SimpleNamespace(named_parameters=lambda: []))
@@ -129,7 +130,7 @@ def test_from_run_routes_over_the_runs_registry(imported: Path, tmp_path: Path, 
     monkeypatch.setattr(engine_module.TransformersEngine, "__init__", fake_init)
     engine = engine_module.TransformersEngine.from_run(write_run(tmp_path / "run", imported, data_registry=True))
     assert engine.registry.names == FUNCTIONS
-    assert seen["retriever"].objects == ["toy.intent"]
+    assert seen["retriever"].objects == ["toy.intent"] and seen["prompt_options"] is True  # the run predates the setting
 
 
 def test_the_remote_backend_of_eval_and_route_uses_the_runs_registry(imported: Path, tmp_path: Path) -> None:
@@ -137,7 +138,10 @@ def test_the_remote_backend_of_eval_and_route_uses_the_runs_registry(imported: P
 
     run = write_run(tmp_path / "run", imported, data_registry=True)
     args = build_parser().parse_args(["route", "--backend", "remote", "--base-url", "http://127.0.0.1:9/v1", "--run", str(run), "x"])
-    assert _backend_engine(args).registry.names == FUNCTIONS
+    assert _backend_engine(args).registry.names == FUNCTIONS and _backend_engine(args).prompt_options is True
+    write_run(run, imported, data_registry=True, prompt_options=False)  # trained on bare commands: served bare commands
+    bare = _backend_engine(args).prompt("play music")
+    assert bare.options == [] and bare.candidates == FUNCTIONS  # the retrieved candidates still bound the names
 
 
 def test_training_retriever_on_a_flat_benchmark_and_on_one_with_domains(imported: Path, tmp_path: Path) -> None:

@@ -55,6 +55,23 @@ def test_retriever_prior_covers_the_candidates_and_no_function(registry):
     assert Retriever(registry).retrieve(seen.text, 4).prior == {}  # no classifier, no prior
 
 
+def test_retriever_prior_ranks_the_objects_as_the_fused_retrieval_does(registry):
+    """The objects' shares of the prior follow the retriever's object ranking (BM25 with the classifier), the better
+    ranking; within an object the classifier orders its functions."""
+    records = build_splits(registry, SynthConfig(seed=6, train_size=2000, dev_size=5, test_size=5))["train"]
+    retriever = Retriever(registry, fit_classifier([(r.text, r.function) for r in records]))
+    for record in [r for r in records if r.function][:20]:
+        found = retriever.retrieve(record.text, 4)
+        shares = [sum(math.exp(found.prior[n]) for n in retriever.functions[key]) for key in found.objects]
+        softmax = [math.exp(v) / sum(math.exp(w) for w in found.scores) for v in found.scores]
+        assert [s / sum(shares) for s in shares] == pytest.approx(softmax), (record.text, found.objects)
+        assert found.scores == sorted(found.scores, reverse=True)
+        learned, column = retriever.classifier.scores(record.text), {n: i for i, n in enumerate(retriever.classifier.labels)}
+        names = [n for n in retriever.functions[found.objects[0]] if n in column]
+        for a, b in zip(names, names[1:], strict=False):
+            assert found.prior[a] - found.prior[b] == pytest.approx(learned[column[a]] - learned[column[b]], abs=1e-6)
+
+
 class _FakeEngine:
     """route_batch answers from a table keyed by the decoder's prior weight (the calibration logic alone)."""
 
@@ -75,10 +92,11 @@ def _records(golds):
 def test_a_prior_weight_is_taken_only_when_it_wins_enough_dev_utterances():
     golds = ["a.b.c", "a.b.d", "a.b.e", "a.b.f"]
     one_better = {0.0: ["a.b.c", "x", "x", "x"], 0.5: ["a.b.c", "a.b.d", "x", "x"], 1.0: ["x", "x", "x", "x"]}
-    found = calibrate(_FakeEngine(one_better), _records(golds))
+    found = calibrate(_FakeEngine(one_better), _records(golds), weights=(0.0, 0.5, 1.0))
     assert found.prior_weight == 0.0 and MIN_GAIN > 1
     two_better = {0.0: ["a.b.c", "x", "x", "x"], 0.5: ["a.b.c", "a.b.d", "x", "x"], 1.0: ["a.b.c", "a.b.d", "a.b.e", "x"]}
     engine = _FakeEngine(two_better)
-    found = calibrate(engine, _records(golds))
+    found = calibrate(engine, _records(golds), weights=(0.0, 0.5, 1.0))
     assert found.prior_weight == 1.0 and engine.decoder.prior_weight == 1.0
     assert found.dev_function_accuracy == 0.75 and found.dev_function_accuracy_unbiased == 0.25
+    assert found.dev_function_accuracy_by_weight == {"0.0": 0.25, "0.5": 0.5, "1.0": 0.75}

@@ -54,3 +54,20 @@ def test_serving_feeds_the_training_tokens_token_for_token(qwen_dir, qwen_tokeni
         prompt_len = trained["completion_mask"].index(1)
         assert len(fed) > prompt_len and fed == trained["input_ids"][: len(fed)]
         assert fed[:prompt_len] == P.prompt_ids(qwen_tokenizer, record_.text, options)
+
+
+def test_a_model_trained_without_options_is_served_the_bare_command_over_the_retrieved_names(
+        qwen_dir, qwen_tokenizer, qwen_data, registry):
+    """prompt_options false: training renders the command alone, and serving feeds exactly that prompt while the
+    retrieved candidates still bound the names the decoder may produce."""
+    record_ = read_split(qwen_data, "test")[0]
+    assert build_dataset(qwen_tokenizer, [record_], top_objects=0)[0]["input_ids"] == P.training_example(
+        qwen_tokenizer, record_.text, record_.function, record_.arguments)["input_ids"]
+    model = load_model(str(qwen_dir))
+    fed: list[int] = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: fed.extend(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+    engine = TransformersEngine(model, qwen_tokenizer, registry, backend="hf", prompt_options=False)
+    result = engine.route(record_.text)
+    trained = P.training_example(qwen_tokenizer, record_.text, result.name, result.arguments)
+    assert len(fed) > len(P.prompt_ids(qwen_tokenizer, record_.text)) and fed == trained["input_ids"][: len(fed)]
+    assert result.name is None or result.name in engine.retriever.retrieve(record_.text, engine.top_objects).functions

@@ -65,9 +65,10 @@ class TransformersEngine(Engine):
 
     def __init__(self, model: Any, tokenizer: Any, registry: Registry | None = None, backend: str = "fast",
                  top_objects: int | None = DEFAULT_TOP_OBJECTS, retriever: Retriever | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, prompt_options: bool = True) -> None:
         self.registry = registry or default_registry()
         self.top_objects = top_objects
+        self.prompt_options = prompt_options  # as the model was trained: retrieved objects listed in the prompt
         self.max_prompt_tokens = MAX_PROMPT_TOKENS
         self.retriever = (retriever or Retriever(self.registry)) if top_objects else None
         self.model = model.eval()
@@ -103,7 +104,8 @@ class TransformersEngine(Engine):
             backend = "hf"  # FastLlama takes plain bias-free weights: bitsandbytes exports and Qwen run through transformers
         top_objects = int(config.get("retrieval_top_objects", 0))  # as the model was trained
         registry = registry or run_registry(Path(run_dir), config)
-        engine = cls(model, load_tokenizer(source), registry, backend, top_objects, run_retriever(registry, Path(run_dir)))
+        engine = cls(model, load_tokenizer(source), registry, backend, top_objects, run_retriever(registry, Path(run_dir)),
+                     prompt_options=run_prompt_options(config))
         engine.decoder.null_bias, engine.decoder.prior_weight = load_calibration(Path(run_dir))
         return engine
 
@@ -115,8 +117,8 @@ class TransformersEngine(Engine):
         started = time.perf_counter()
         if self.retriever is not None and self.top_objects:
             found = [self.retriever.retrieve(t, self.top_objects) for t in texts]
-            decoded = self.decoder.decode_batch(texts, [f.functions for f in found], [f.options for f in found],
-                                                [f.prior for f in found])
+            options = [f.options if self.prompt_options else () for f in found]
+            decoded = self.decoder.decode_batch(texts, [f.functions for f in found], options, [f.prior for f in found])
         else:
             decoded = self.decoder.decode_batch(texts, [None] * len(texts), [()] * len(texts))
         latency_ms = (time.perf_counter() - started) * 1000
@@ -130,6 +132,11 @@ class TransformersEngine(Engine):
                    "forced_tokens": decoded.forced_tokens},
             null_margin=decoded.null_margin,
         )
+
+
+def run_prompt_options(config: dict[str, Any]) -> bool:
+    """Whether the run's prompts listed the retrieved objects (runs from before the setting did)."""
+    return bool(config.get("prompt_options", True))
 
 
 def run_registry(run_dir: Path, config: dict[str, Any] | None = None) -> Registry:

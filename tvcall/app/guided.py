@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from tvcall.app.decoder import utterance_spans
-from tvcall.app.engine import Engine, RouteResult
+from tvcall.app.engine import Engine, RouteResult, run_prompt_options
 from tvcall.data import prompt as P
 from tvcall.functions.registry import Registry, default_registry
 from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever, run_classifier
@@ -161,9 +163,15 @@ class GuidedEngine(Engine):
         self.top_objects = top_objects
         self.retriever = Retriever(self.registry) if top_objects else None
         self.copy_spans = copy_spans
+        self.prompt_options = True  # as the served model was trained: retrieved objects listed in the prompt
 
     def use_run_retriever(self, run_dir: Path) -> None:
-        """Retrieve as the run's model was trained (its classifier, when it has one)."""
+        """Retrieve and prompt as the run's model was trained (its classifier, when it has one)."""
+        from tvcall.training.train import RUN_CONFIG
+
+        config_path = Path(run_dir) / RUN_CONFIG
+        if config_path.exists():
+            self.prompt_options = run_prompt_options(yaml.safe_load(config_path.read_text()))
         if self.retriever is not None:  # the BM25 index built at construction stays; only the classifier is added
             self.retriever.use_classifier(run_classifier(run_dir))
 
@@ -174,7 +182,7 @@ class GuidedEngine(Engine):
     def prompt(self, text: str, adapter: str | None = None) -> Prompt:
         if self.retriever is not None and self.top_objects:
             retrieved = self.retriever.retrieve(text, self.top_objects)
-            return Prompt(text, retrieved.options, retrieved.functions, adapter)
+            return Prompt(text, retrieved.options if self.prompt_options else [], retrieved.functions, adapter)
         return Prompt(text, [], list(self.registry.names), adapter)
 
     def route(self, text: str) -> RouteResult:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tvcall.app.engine import CALIBRATION_FILE, TransformersEngine
@@ -25,6 +25,7 @@ class Calibration:
     dev_examples: int
     dev_function_accuracy_unbiased: float
     dev_function_accuracy: float
+    dev_function_accuracy_by_weight: dict[str, float] = field(default_factory=dict)  # each weight with its own bias
 
 
 def accuracy_at(bias: float, margins: list[float], names: list[str | None], golds: list[str | None]) -> float:
@@ -33,7 +34,7 @@ def accuracy_at(bias: float, margins: list[float], names: list[str | None], gold
 
 
 MIN_GAIN = 2  # dev utterances a bias must win: a one-utterance gain on a small dev split is noise (it cost test)
-PRIOR_WEIGHTS = (0.0, 0.5, 1.0)  # tried in this order; a later one is taken only when it wins MIN_GAIN more
+PRIOR_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0)  # tried in this order; a later one is taken only when it wins MIN_GAIN more
 
 
 def choose_null_bias(margins: list[float], names: list[str | None], golds: list[str | None],
@@ -65,7 +66,8 @@ def calibrate(engine: TransformersEngine, records: list[Record], weights: tuple[
             chosen = candidate
     engine.decoder.prior_weight, engine.decoder.null_bias = chosen[0], chosen[1]
     return Calibration(null_bias=chosen[1], prior_weight=chosen[0], dev_examples=len(records),
-                       dev_function_accuracy_unbiased=tried[0][3], dev_function_accuracy=chosen[2])
+                       dev_function_accuracy_unbiased=tried[0][3], dev_function_accuracy=chosen[2],
+                       dev_function_accuracy_by_weight={str(weight): accuracy for weight, _, accuracy, _ in tried})
 
 
 def save(calibration: Calibration, run_dir: Path) -> Path:

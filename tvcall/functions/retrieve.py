@@ -111,6 +111,11 @@ class FunctionClassifier:
         return cls(vectorizer, model)
 
 
+def _logsumexp(values: np.ndarray) -> float:
+    top = float(values.max())
+    return top + math.log(float(np.exp(values - top).sum()))
+
+
 def _standardised(scores: np.ndarray) -> np.ndarray:
     return (scores - scores.mean()) / (scores.std() + 1e-9)
 
@@ -121,8 +126,8 @@ class Retrieved:
     scores: list[float]
     functions: list[str]
     options: list[str]  # "domain.object label" lines for the prompt
-    prior: dict[str | None, float] = field(default_factory=dict)  # the classifier's log-probabilities over
-    # `functions` and None (no function), normalised over them; empty without a classifier
+    prior: dict[str | None, float] = field(default_factory=dict)  # log-probabilities over `functions` and None
+    # (no function), summing to one over them (`Retriever._prior`); empty without a classifier
 
 
 class Retriever:
@@ -131,6 +136,7 @@ class Retriever:
         for spec in registry.functions.values():
             groups[object_key(spec.name)].append(spec)
         self.objects = list(groups)
+        self.index_of = {key: i for i, key in enumerate(self.objects)}
         self.functions = {key: [s.name for s in specs] for key, specs in groups.items()}
         self.labels = {(key, lang): _label(specs, lang) for key, specs in groups.items() for lang in LANGS}
         self.index = BM25Okapi([tokens(" ".join(p for s in groups[key] for p in _describe(s))) for key in self.objects])
@@ -158,12 +164,26 @@ class Retriever:
         by_object[np.isinf(by_object)] = learned.min()  # objects the classifier never saw
         return _standardised(by_object) + _standardised(bm25)
 
-    def _prior(self, learned: np.ndarray, functions: list[str]) -> dict[str | None, float]:
+    def _prior(self, learned: np.ndarray, objects: list[str], object_scores: np.ndarray) -> dict[str | None, float]:
+        """log P(name) over the candidates' functions and None: the classifier's chance of no function, the fused
+        object scores (BM25 and classifier, the better object ranking) as a softmax over the candidate objects, and
+        within an object the classifier's share of each of its functions."""
+        functions = [name for key in objects for name in self.functions[key]]
         names: list[str | None] = [*functions, None]
         logits = np.array([learned[self._column[n]] if self._column[n] >= 0 else learned.min() for n in names])
-        logits -= logits.max()
-        log_norm = math.log(float(np.exp(logits).sum()))
-        return {n: float(v) - log_norm for n, v in zip(names, logits, strict=True)}
+        log_p = logits - _logsumexp(logits)
+        log_none = float(log_p[-1])
+        log_some = math.log1p(-min(math.exp(log_none), 1 - 1e-9))
+        log_objects = object_scores - _logsumexp(object_scores)
+        prior: dict[str | None, float] = {None: log_none}
+        start = 0
+        for key, log_object in zip(objects, log_objects, strict=True):
+            within = log_p[start:start + len(self.functions[key])]
+            within = within - _logsumexp(within)
+            for name, value in zip(self.functions[key], within, strict=True):
+                prior[name] = log_some + float(log_object) + float(value)
+            start += len(self.functions[key])
+        return prior
 
     def retrieve(self, text: str, k: int = DEFAULT_TOP_OBJECTS, must_include: str | None = None) -> Retrieved:
         """Top-k objects; `must_include` (training: the gold function) replaces the last one when missed."""
@@ -178,7 +198,8 @@ class Retriever:
         return Retrieved(
             objects=objects, scores=[float(scores[i]) for i in top], functions=functions,
             options=[f"{key} {self.labels[key, lang]}" for key in objects],
-            prior=self._prior(learned, functions) if learned is not None else {},
+            prior=self._prior(learned, objects, np.array([scores[self.index_of[key]] for key in objects]))
+            if learned is not None else {},
         )
 
 

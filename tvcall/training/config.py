@@ -29,7 +29,8 @@ class RunConfig:
     warmup_ratio: float = 0.03
     num_train_examples: int = 3000  # seeded subset of the training split
     own_template_weight: float = 1.0  # how much likelier a one-off function's example is in that subset than a family's
-    retrieval_top_objects: int = 4  # candidate objects listed in the prompt (0: the model learns names alone)
+    retrieval_top_objects: int = 4  # candidate objects retrieved per command (0: the model learns names alone)
+    prompt_options: bool = True  # list those objects in the prompt; false: they only narrow and weight the name stage
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     num_train_epochs: float = 1.0

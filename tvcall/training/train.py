@@ -117,12 +117,13 @@ def own_template_weights(records: list[Record], weight: float, registry: Registr
 
 def build_dataset(tokenizer: Any, records: list[Record], top_objects: int = DEFAULT_TOP_OBJECTS,
                   retriever: Retriever | None = None, registry: Registry | None = None) -> Dataset:
-    """Tokenised examples; each prompt lists the objects retrieved for its text, as at serving time."""
+    """Tokenised examples; each prompt lists the `top_objects` objects retrieved for its text, as at serving time
+    (0: the command alone)."""
     if top_objects and retriever is None:
         retriever = Retriever(registry or default_registry())
     rows = []
     for r in records:
-        options = retriever.retrieve(r.text, top_objects, must_include=r.function).options if retriever else []
+        options = retriever.retrieve(r.text, top_objects, must_include=r.function).options if retriever and top_objects else []
         rows.append(training_example(tokenizer, r.text, r.function, r.arguments, options))
     return Dataset.from_list(rows)
 
@@ -183,7 +184,7 @@ def train(config: RunConfig) -> Path:
     tokenizer = load_tokenizer(config.model)
     # the whole training split teaches the retriever; the LLM sees the subset its budget allows
     retriever = train_retriever(registry, train_split, config.seed, run_dir) if config.retrieval_top_objects else None
-    dataset = build_dataset(tokenizer, records, config.retrieval_top_objects, retriever, registry)
+    dataset = build_dataset(tokenizer, records, config.retrieval_top_objects if config.prompt_options else 0, retriever, registry)
     budget = TimeBudget(config.max_train_minutes or float("inf"))
     args = SFTConfig(
         output_dir=str(run_dir / "trainer"),
