@@ -137,6 +137,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     sample = None if args.one_at_a_time else (LATENCY_SAMPLE if args.latency_sample is None else args.latency_sample)
     path = evaluate(engine, records, Path(args.out or out), meta, sample)
     print((path.parent / "report.md").read_text())
+    if args.general:
+        from tvcall.eval.general import general_check
+
+        general = general_check(Path(args.run), engine)
+        print((general.parent / "general.md").read_text())
     print(path)
 
 
@@ -306,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-sample", type=int, metavar="N",
                    help="calls are routed in batches; N utterances (default 150) are also routed one at a time for latency")
     p.add_argument("--one-at-a-time", action="store_true", help="route every utterance alone, timing each (slower)")
+    p.add_argument("--general", action="store_true",
+                   help="also answer plain questions with the base model and the fine-tuned one (keyword accuracy, "
+                        "BLEU, ROUGE-L) and count the router's abstentions on them: RUN/eval-general/")
     _add_backend_args(p)
     p.set_defaults(func=cmd_eval)
 
