@@ -168,14 +168,13 @@ def build_compare_parser() -> argparse.ArgumentParser:
 
 def _run_data_dir(run_dir: Path) -> str:
     """The dataset folder a run was trained on (its config.yaml's data_dir), else the synthetic default."""
-    config = run_dir / "config.yaml"
-    if config.exists():
-        import yaml
+    from tvcall.training.export import read_run_config
 
-        recorded = (yaml.safe_load(config.read_text()) or {}).get("data_dir")
-        if recorded:
-            return str(recorded)
-    return DEFAULT_DATA
+    try:
+        recorded = (read_run_config(run_dir) or {}).get("data_dir")
+    except FileNotFoundError:
+        return DEFAULT_DATA
+    return str(recorded) if recorded else DEFAULT_DATA
 
 
 def _calibrated(engine: Any, run_dir: Path, data_dir: Path) -> dict[str, Any]:

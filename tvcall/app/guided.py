@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from tvcall.app.decoder import utterance_spans
 from tvcall.app.engine import Engine, RouteResult, run_prompt_options
 from tvcall.data import prompt as P
@@ -167,11 +165,12 @@ class GuidedEngine(Engine):
 
     def use_run_retriever(self, run_dir: Path) -> None:
         """Retrieve and prompt as the run's model was trained (its classifier, when it has one)."""
-        from tvcall.training.train import RUN_CONFIG
+        from tvcall.training.export import read_run_config
 
-        config_path = Path(run_dir) / RUN_CONFIG
-        if config_path.exists():
-            self.prompt_options = run_prompt_options(yaml.safe_load(config_path.read_text()))
+        try:
+            self.prompt_options = run_prompt_options(read_run_config(Path(run_dir)))
+        except FileNotFoundError:  # no run folder (a served model named by hand): the default prompt
+            pass
         if self.retriever is not None:  # the BM25 index built at construction stays; only the classifier is added
             self.retriever.use_classifier(run_classifier(run_dir))
 

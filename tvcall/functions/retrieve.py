@@ -164,11 +164,11 @@ class Retriever:
         by_object[np.isinf(by_object)] = learned.min()  # objects the classifier never saw
         return _standardised(by_object) + _standardised(bm25)
 
-    def _prior(self, learned: np.ndarray, objects: list[str], object_scores: np.ndarray) -> dict[str | None, float]:
+    def _prior(self, learned: np.ndarray, objects: list[str], functions: list[str],
+               object_scores: np.ndarray) -> dict[str | None, float]:
         """log P(name) over the candidates' functions and None: the classifier's chance of no function, the fused
         object scores (BM25 and classifier, the better object ranking) as a softmax over the candidate objects, and
-        within an object the classifier's share of each of its functions."""
-        functions = [name for key in objects for name in self.functions[key]]
+        within an object the classifier's share of each of its functions. `functions`: the objects' functions in order."""
         names: list[str | None] = [*functions, None]
         logits = np.array([learned[self._column[n]] if self._column[n] >= 0 else learned.min() for n in names])
         log_p = logits - _logsumexp(logits)
@@ -198,7 +198,7 @@ class Retriever:
         return Retrieved(
             objects=objects, scores=[float(scores[i]) for i in top], functions=functions,
             options=[f"{key} {self.labels[key, lang]}" for key in objects],
-            prior=self._prior(learned, objects, np.array([scores[self.index_of[key]] for key in objects]))
+            prior=self._prior(learned, objects, functions, np.array([scores[self.index_of[key]] for key in objects]))
             if learned is not None else {},
         )
 
