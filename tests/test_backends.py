@@ -30,6 +30,7 @@ from tvcall.app.remote_engine import OpenAIRemoteEngine, RemoteError
 from tvcall.app.serve import running_server
 from tvcall.app.vllm_engine import lora_kwargs, lora_rank_limit, sampling_kwargs, vllm_batch
 from tvcall.cli import main
+from tvcall.data import prompt as P
 from tvcall.data.prompt import messages, prompt_ids
 from tvcall.functions.retrieve import Retriever
 
@@ -56,7 +57,7 @@ def admitted_answer(body: dict) -> str | None:
     name, arguments = GOLD[utterance(body)]
     constraint = body.get("structured_outputs") or {}
     if "choice" in constraint:
-        answer = '{"name": null}' if name is None else f'{{"name": "{name}"'
+        answer = P.answer_text(None, {}) if name is None else P.NAME_OPEN + P.name_segment(name)
         return answer if answer in constraint["choice"] else None
     schema = constraint.get("json") or (body.get("response_format") or {}).get("json_schema", {}).get("schema")
     if schema is None:
@@ -105,7 +106,7 @@ def remote(gold, registry, **kwargs):
 
 
 def choice_list(names):
-    return [f'{{"name": "{n}"' for n in names] + ['{"name": null}']
+    return [P.NAME_OPEN + P.name_segment(n) for n in names] + [P.answer_text(None, {})]
 
 
 # --- protocol "vllm": structured_outputs ---------------------------------------------------------------
@@ -126,7 +127,7 @@ def test_vllm_protocol_sends_exactly_what_vllm_expects(gold, registry, retriever
                                           "required": ["source"], "additionalProperties": False}},
              "required": ["name", "arguments"], "additionalProperties": False}}},
     ]
-    tokens = len('{"name": "input.source.switch"') // 4 + 1
+    tokens = len(P.NAME_OPEN + P.name_segment("input.source.switch")) // 4 + 1
     assert result.confidence == pytest.approx(math.exp(TOKEN_LOGPROB * tokens))
     assert result.stats == {"requests": 2, "prompt_tokens": 100, "decided_tokens": tokens + len(result.raw) // 4 + 1}
     assert json.loads(result.raw) == result.call()
@@ -197,8 +198,8 @@ def test_openai_protocol_sends_json_schemas(gold, registry, retriever):
 # --- reading answers -----------------------------------------------------------------------------------
 def test_answers_are_read_strictly(registry):
     stage = name_stage(["input.source.switch"])
-    assert parse_name(stage, '{"name": "input.source.switch"') == "input.source.switch"
-    assert parse_name(stage, '{"name": null}') is None
+    assert parse_name(stage, '{"name":"input.source.switch"') == "input.source.switch"
+    assert parse_name(stage, '{"name":null}') is None
     assert parse_name(Stage("name", stage.schema), '{"name": "input.source.switch"}') == "input.source.switch"
     for bad in ("input.source.switch", '{"name": 3}', "[]"):
         with pytest.raises(Unreadable):
@@ -274,7 +275,7 @@ def test_the_project_router_as_a_remote_backend(router_url, registry, retriever)
 def test_vllm_sampling_params_per_stage(registry):
     name = name_stage(["input.source.switch", "input.source.list"])
     assert sampling_kwargs(name) == {"temperature": 0.0, "max_tokens": 48, "logprobs": 0, "structured_outputs": {
-        "choice": ['{"name": "input.source.switch"', '{"name": "input.source.list"', '{"name": null}']}}
+        "choice": ['{"name":"input.source.switch"', '{"name":"input.source.list"', '{"name":null}']}}
     call = Stage("call", call_schema(registry, "input.source.switch"))
     assert sampling_kwargs(call) == {"temperature": 0.0, "max_tokens": 256, "structured_outputs": {"json": call.schema}}
 
@@ -320,8 +321,8 @@ def test_xgrammar_admits_the_trained_answers_and_nothing_off_schema(tokenizer, r
     for text, (name, arguments) in list(GOLD.items())[:3]:
         stage = name_stage(retriever.retrieve(text, 4).functions)
         choice = compiler.compile_grammar("root ::= " + " | ".join('"' + c.replace('"', '\\"') + '"' for c in stage.choices))  # vLLM's rewrite
-        assert accepts(choice, '{"name": null}') and not accepts(choice, '{"name": "x.y.z"')
-        assert accepts(choice, f'{{"name": "{name}"')
+        assert accepts(choice, P.answer_text(None, {})) and not accepts(choice, P.NAME_OPEN + P.name_segment("x.y.z"))
+        assert accepts(choice, P.NAME_OPEN + P.name_segment(name))
         if arguments:
             schema = compiler.compile_json_schema(json.dumps(call_schema(registry, name, text)), any_whitespace=True)
             assert accepts(schema, json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False))

@@ -1,4 +1,5 @@
 import random
+import time
 from collections import Counter
 
 import pytest
@@ -29,16 +30,55 @@ def test_training_subset_weights_make_one_off_functions_likelier(registry):
     from tvcall.data.synth import SynthConfig, build_splits
     from tvcall.training.train import own_template_weights, training_subset
 
-    records = build_splits(registry, SynthConfig(seed=2, train_size=600, dev_size=5, test_size=5))["train"]
+    records = build_splits(registry, SynthConfig(seed=2, train_size=3000, dev_size=5, test_size=5))["train"]
 
     def one_off(subset):
         return sum(1 for r in subset if r.function and registry[r.function].templates is not None)
 
-    plain = training_subset(records, 200, seed=0)
-    weighted = training_subset(records, 200, seed=0, weights=own_template_weights(records, 4.0))
-    assert len(weighted) == 200 and len({r.id for r in weighted}) == 200
+    plain = training_subset(records, 1500, seed=0)
+    weighted = training_subset(records, 1500, seed=0, weights=own_template_weights(records, 4.0))
+    assert len(weighted) == 1500 and len({r.id for r in weighted}) == 1500
     assert one_off(weighted) > one_off(plain)
-    assert training_subset(records, 200, seed=0) == plain  # seeded
+    assert training_subset(records, 1500, seed=0) == plain  # seeded
+
+
+def test_one_off_weight_takes_more_of_each_one_off_functions_phrasings_a_round(registry):
+    from tvcall.data.synth import SynthConfig, build_splits
+    from tvcall.training.train import own_template_weights, training_subset
+
+    records = [r for r in build_splits(registry, SynthConfig(seed=2, train_size=3000, dev_size=5, test_size=5))["train"] if r.function]
+    subset = training_subset(records, 400, seed=0, weights=own_template_weights(records, 2.0, registry))
+    per_function = Counter(r.function for r in subset)
+    one_offs = [n for n in per_function if registry[n].templates is not None]
+    assert one_offs and max(per_function[n] for n in one_offs) == 2  # two phrasings a round, not one
+    assert max(c for n, c in per_function.items() if n not in one_offs) == 1
+    assert max(Counter(r.template for r in subset).values()) == 1  # still no phrasing twice in the first round
+
+
+def test_budget_schedule_decays_on_the_clock_when_the_budget_binds_before_the_steps():
+    import math
+
+    import torch
+
+    from tvcall.training.train import TimeBudget, budget_schedule
+
+    budget = TimeBudget(10.0)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = budget_schedule(optimizer, "cosine", warmup_steps=2, total_steps=1000, budget=budget)
+    rates = []
+    for spent in (0.0, 0.5, 0.999):
+        budget.start = time.monotonic() - spent * budget.seconds  # as if that share of the 10 minutes had passed
+        optimizer.step()
+        schedule.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[0] == 0.5  # warm-up, step 1 of 2
+    assert math.isclose(rates[1], 0.5, abs_tol=0.01)  # half the budget: half way down the cosine, at step 2 of 1000
+    assert rates[2] < 1e-4  # the budget spent: decayed, though 997 of the planned steps never ran
+    steps_only = budget_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "linear", 0, 4,
+                                 TimeBudget(math.inf))
+    steps_only.optimizer.step()
+    steps_only.step()
+    assert steps_only.get_last_lr() == [0.75]  # no budget: the steps alone
 
 
 def test_training_subset_spreads_over_phrasings_and_functions_before_repeating_them(registry):

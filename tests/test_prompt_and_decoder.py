@@ -23,7 +23,7 @@ def test_training_example_masks_the_prompt_and_ends_with_eos(tokenizer):
     assert example["completion_mask"] == [0] * len(prompt) + [1] * (len(example["input_ids"]) - len(prompt))
     assert example["input_ids"][-1] == tokenizer.eos_token_id
     answer = tokenizer.decode(example["input_ids"][len(prompt):-1])
-    assert answer == '{"name": "sound.volume.increase", "arguments": {}}'
+    assert answer == '{"name":"sound.volume.increase","arguments":{}}'
 
 
 def test_copy_spans_do_not_cut_words():

@@ -13,11 +13,15 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-SYSTEM_PROMPT = "Map the TV command to a function call."
+# Empty, not absent: without a system turn SmolLM2's template inserts its own 16-token one. Every prompt token is
+# trained on at every step (measured: 35 prompt tokens with a 9-token instruction, 26 without), and the
+# fine-tuned model needs no instruction to know its one task.
+SYSTEM_PROMPT = ""
 
-NAME_OPEN = '{"name": '
-NULL_CLOSE = "null}"
-ARGS_OPEN = ', "arguments": {'
+# Compact JSON (no spaces after separators): the answer's fixed scaffolding is 4 tokens shorter per call
+# with an argument, and that scaffolding is a fifth of a training sequence.
+NAME_OPEN = '{"name":'
+ARGS_OPEN = ',"arguments":{'
 ARGS_CLOSE = "}}"
 
 
@@ -49,7 +53,7 @@ def name_segment(name: str | None) -> str:
 
 
 def key_segment(key: str, first: bool) -> str:
-    return ("" if first else ", ") + json.dumps(key) + ": "
+    return ("" if first else ",") + json.dumps(key) + ":"
 
 
 def value_segment(value: Any) -> str:

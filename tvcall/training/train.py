@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -14,6 +15,7 @@ import torch
 import yaml
 from datasets import Dataset
 from peft import LoraConfig
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
@@ -31,17 +33,59 @@ RUN_CONFIG = "config.yaml"
 
 
 class TimeBudget(TrainerCallback):
-    """Stop training once `minutes` are spent; the model trained so far is still saved."""
+    """Stop training once `minutes` of training are spent; the model trained so far is still saved."""
 
     def __init__(self, minutes: float) -> None:
         self.seconds = minutes * 60
         self.start = time.monotonic()
         self.stopped_at_step: int | None = None
 
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self.start = time.monotonic()
+
+    def spent(self) -> float:
+        """The share of the budget spent so far (0 with no budget)."""
+        return (time.monotonic() - self.start) / self.seconds if math.isfinite(self.seconds) else 0.0
+
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        if time.monotonic() - self.start > self.seconds:
+        if self.spent() >= 1.0:
             control.should_training_stop = True
             self.stopped_at_step = state.global_step
+
+
+BUDGET_SCHEDULES = ("cosine", "linear")
+
+
+def budget_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int,
+                    budget: TimeBudget) -> LambdaLR:
+    """A cosine or linear decay whose progress is the larger of the steps done and the time budget spent, so that
+    a run the budget stops ends with its learning rate decayed all the same, however fast the machine (a step
+    schedule cut off by the clock ends at a high rate, with the low-rate steps that settle the model never run)."""
+
+    warmup = warmup_steps / max(1, total_steps)  # warm-up too is a share of the run, on the same clock
+
+    def factor(step: int) -> float:
+        progress = min(1.0, max(step / max(1, total_steps), budget.spent()))
+        if progress < warmup:
+            return progress / warmup
+        decayed = (progress - warmup) / max(1e-9, 1.0 - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * decayed)) if kind == "cosine" else 1.0 - decayed
+
+    return LambdaLR(optimizer, factor)
+
+
+class BudgetScheduled(SFTTrainer):
+    """SFTTrainer whose cosine/linear schedule runs on the time budget's clock too (`budget_schedule`)."""
+
+    budget: TimeBudget | None = None
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        if self.lr_scheduler is None and self.budget is not None and self.args.lr_scheduler_type in BUDGET_SCHEDULES:
+            self.lr_scheduler = budget_schedule(optimizer or self.optimizer, self.args.lr_scheduler_type,
+                                                self.args.get_warmup_steps(num_training_steps), num_training_steps,
+                                                self.budget)
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
 
 
 def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +102,7 @@ def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = No
     return loss, (logits.detach().argmax(-1) == targets).float().mean()
 
 
-class AnswerLossTrainer(SFTTrainer):
+class AnswerLossTrainer(BudgetScheduled):
     """SFTTrainer whose loss runs the LM head over the answer tokens only (`answer_loss`). trl's fused head skips
     the prompt positions only where Triton runs (GPU); on CPU it projects every position onto the 49k-token
     vocabulary with fp32 accumulation, though about a fifth of the tokens are the answer."""
@@ -71,33 +115,30 @@ class AnswerLossTrainer(SFTTrainer):
 
 
 def training_subset(records: list[Record], size: int, seed: int, weights: list[float] | None = None) -> list[Record]:
-    """A seeded sample of `size` records, without replacement.
+    """A seeded sample of `size` records, without replacement, spread over phrasings and functions.
 
-    With no `weights` it spreads over phrasings and functions: in round k a record is taken only while its
-    template and its function have fewer than k records taken, so each is seen once before any is seen twice
-    (a random sample of 2,400 from 20,000 left about half the phrasings unseen). Records without a template
-    (imported data, out of scope) count their text as their phrasing. `weights` make some records likelier
-    instead (Efraimidis–Spirakis keys u^(1/w)).
+    In round k a record is taken only while its template has fewer than k records taken and its function fewer
+    than k × the record's weight (1 without `weights`), so each is seen once before any is seen twice (a random
+    sample of 2,400 from 20,000 left about half the phrasings unseen) and a function of weight 2 gets two of its
+    phrasings a round. Records without a template (imported data, out of scope) count their text as their phrasing.
     """
     rng = random.Random(seed)
-    if weights is not None:
-        keys = [rng.random() ** (1.0 / w) for w in weights]
-        order = sorted(range(len(records)), key=lambda i: keys[i], reverse=True)
-        return [records[i] for i in order[:size]]
-    shuffled = list(records)
-    rng.shuffle(shuffled)
-    size = min(size, len(shuffled))
-    taken = [False] * len(shuffled)
+    order = list(range(len(records)))
+    rng.shuffle(order)
+    size = min(size, len(records))
+    taken = [False] * len(records)
     per_phrasing: Counter[str] = Counter()
     per_function: Counter[str] = Counter()
     chosen: list[Record] = []
     level = 0
     while len(chosen) < size:
         level += 1
-        for i, record in enumerate(shuffled):
+        for i in order:
+            record = records[i]
             phrasing = record.template or record.text
             function = record.function or phrasing  # out of scope: each text is its own
-            if taken[i] or per_phrasing[phrasing] >= level or per_function[function] >= level:
+            cap = level * (weights[i] if weights is not None else 1.0)
+            if taken[i] or per_phrasing[phrasing] >= level or per_function[function] >= cap:
                 continue
             taken[i] = True
             per_phrasing[phrasing] += 1
@@ -109,8 +150,9 @@ def training_subset(records: list[Record], size: int, seed: int, weights: list[f
 
 
 def own_template_weights(records: list[Record], weight: float, registry: Registry | None = None) -> list[float]:
-    """`weight` for functions with their own templates (one-off functions, learnt one by one), 1 for family
-    functions, which share their kind's phrasings with hundreds of others; out of scope counts as family."""
+    """`weight` for functions with their own templates (one-off functions, learnt one by one: each has only its
+    own phrasings to learn from), 1 for family functions, which share their kind's phrasings with hundreds of
+    others; out of scope counts as family."""
     registry = registry or default_registry()
     return [weight if r.function and registry[r.function].templates is not None else 1.0 for r in records]
 
@@ -185,7 +227,7 @@ def train(config: RunConfig) -> Path:
     # the whole training split teaches the retriever; the LLM sees the subset its budget allows
     retriever = train_retriever(registry, train_split, config.seed, run_dir) if config.retrieval_top_objects else None
     dataset = build_dataset(tokenizer, records, config.retrieval_top_objects if config.prompt_options else 0, retriever, registry)
-    budget = TimeBudget(config.max_train_minutes or float("inf"))
+    budget = TimeBudget(config.max_train_minutes or math.inf)
     args = SFTConfig(
         output_dir=str(run_dir / "trainer"),
         per_device_train_batch_size=config.per_device_train_batch_size,
@@ -209,12 +251,13 @@ def train(config: RunConfig) -> Path:
     )
     model = build_model(config)  # after SFTConfig: under DeepSpeed ZeRO-3 the weights load already partitioned
     # on a GPU trl's fused head already skips the prompt positions (and DeepSpeed/parallel set-ups keep its path)
-    trainer_class = SFTTrainer if torch.cuda.is_available() else AnswerLossTrainer
+    trainer_class = BudgetScheduled if torch.cuda.is_available() else AnswerLossTrainer
     trainer = trainer_class(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=lora_config(config, model) if config.method in ("lora", "qlora") else None,
         callbacks=[budget],
     )
+    trainer.budget = budget if config.max_train_minutes else None
     started = time.monotonic()
     result = trainer.train()
     minutes = (time.monotonic() - started) / 60
