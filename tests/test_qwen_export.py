@@ -9,7 +9,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from tvcall.app.engine import TransformersEngine
 from tvcall.cli import main
-from tvcall.data.prompt import prompt_ids
+from tvcall.data.prompt import PROMPT_FORMAT, prompt_ids
 from tvcall.training.config import load_config
 from tvcall.training.export import export, merged_model
 from tvcall.training.model import load_model
@@ -26,7 +26,7 @@ def lora_run(qwen_dir, qwen_tokenizer, tmp_path_factory):
         r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_target_modules, init_lora_weights=False, task_type="CAUSAL_LM"))
     peft_model.save_pretrained(run / ADAPTER_DIR)
     qwen_tokenizer.save_pretrained(run / ADAPTER_DIR)
-    (run / RUN_CONFIG).write_text(yaml.safe_dump(config.to_dict()))
+    (run / RUN_CONFIG).write_text(yaml.safe_dump({**config.to_dict(), "prompt_format": PROMPT_FORMAT}))
     return run
 
 

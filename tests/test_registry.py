@@ -97,3 +97,16 @@ def test_template_missing_a_required_param_is_rejected(tmp_path):
         "    templates: {zh: ['显示{seconds}秒', '显示', '展示{seconds}'], en: ['show {seconds}', 'a {seconds}', 'b {seconds}']}\n")
     with pytest.raises(InputError, match=r"picture.yaml:5: picture.frame.show.templates.zh: .*lacks required params \['seconds'\]"):
         load_registry(catalog)
+
+
+def test_full_registry_has_3000_real_functions_and_synth_carries_it_in_the_data_folder(tmp_path):
+    from tvcall.data.splits import read_manifest, write_splits
+    from tvcall.data.synth import SynthConfig
+    from tvcall.functions.registry import named_registry, registry_for_data
+
+    full, core = named_registry("full"), named_registry("core")
+    assert len(full) >= 3000 and set(core.names) < set(full.names)
+    assert len(full.stats()["domains"]) == len(core.stats()["domains"])
+    manifest = write_splits(full, SynthConfig(seed=1, train_size=40, dev_size=5, test_size=5), tmp_path, "full")
+    assert manifest["registry"] == len(full) and read_manifest(tmp_path)["registry_name"] == "full"
+    assert registry_for_data(tmp_path).names == full.names  # training, eval and serving of this data see all of it

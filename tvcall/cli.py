@@ -13,6 +13,7 @@ from tvcall.errors import InputError
 DEFAULT_DATA = "runs/data"
 DEFAULT_RUN = "runs/cpu-default"
 IMPORT_FORMATS = ("bio", "conll", "smp2019", "chat")  # tvcall.data.importers.FORMATS, spelled out to keep `--help` fast
+REGISTRY_NAMES = ("core", "full")  # tvcall.functions.registry.REGISTRIES, likewise
 
 
 def _print_json(value: object) -> None:
@@ -20,9 +21,9 @@ def _print_json(value: object) -> None:
 
 
 def cmd_registry(args: argparse.Namespace) -> None:
-    from tvcall.functions.registry import load_registry
+    from tvcall.functions.registry import load_registry, named_registry
 
-    registry = load_registry(Path(args.catalog)) if args.catalog else load_registry()
+    registry = load_registry(Path(args.catalog)) if args.catalog else named_registry(args.registry)
     if args.action == "stats":
         stats = registry.stats()
         if args.json:
@@ -44,10 +45,10 @@ def cmd_data(args: argparse.Namespace) -> None:
     if args.action == "synth":
         from tvcall.data.splits import write_splits
         from tvcall.data.synth import SynthConfig
-        from tvcall.functions.registry import default_registry
+        from tvcall.functions.registry import named_registry
 
         config = SynthConfig(seed=args.seed, train_size=args.train_size, dev_size=args.dev_size, test_size=args.test_size)
-        manifest = write_splits(default_registry(), config, Path(args.out))
+        manifest = write_splits(named_registry(args.registry), config, Path(args.out), args.registry)
         _print_json(manifest["files"])
         print(Path(args.out) / "manifest.json")
     elif args.action == "import":
@@ -142,6 +143,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
         general = general_check(Path(args.run), engine)
         print((general.parent / "general.md").read_text())
+    print(path)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from tvcall.eval.bench import BenchConfig, bench
+
+    data = Path(args.data or _run_data_dir(Path(args.run)))
+    path = bench(BenchConfig(run=Path(args.run), data=data, registry=args.registry, utterances=args.utterances,
+                             union_functions=args.union_functions, union_timeout_s=args.union_timeout))
+    print((path.parent / "bench.md").read_text())
     print(path)
 
 
@@ -264,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("registry", help="inspect and validate the function registry")
     p.add_argument("action", choices=["stats", "validate", "tools"])
     p.add_argument("--json", action="store_true", help="stats as one JSON line")
-    p.add_argument("--catalog", help="catalog folder (default: the shipped one)")
+    p.add_argument("--catalog", help="catalog folder (default: the shipped registry named by --registry)")
+    p.add_argument("--registry", choices=REGISTRY_NAMES, default="core", help="core (1,325 functions) or full (3,153)")
     p.add_argument("--lang", default="en", choices=["zh", "en"], help="description language for `tools`")
     p.add_argument("--domain", help="only this domain for `tools`")
     p.set_defaults(func=cmd_registry)
@@ -273,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="action", required=True)
     q = actions.add_parser("synth", help="train/dev/test synthesised from the shipped registry")
     q.add_argument("--out", default=DEFAULT_DATA)
+    q.add_argument("--registry", choices=REGISTRY_NAMES, default="core",
+                   help="core: the shipped catalog (1,325 functions); full: with catalog_extra (3,153), written into OUT")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--train-size", type=int, default=20000)
     q.add_argument("--dev-size", type=int, default=200)
@@ -296,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (default: the preset's data_dir)")
     p.add_argument("--out", help="run folder (default: the preset's output_dir)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="constrained routing at registry scale: grammar build, latency constrained vs "
+                       "unconstrained, throughput, outlines' naive union; prints the bench.json path last")
+    p.add_argument("--run", default=DEFAULT_RUN)
+    p.add_argument("--data", help="dataset folder whose test split is routed (default: the run's data_dir)")
+    p.add_argument("--registry", choices=REGISTRY_NAMES, default="full", help="the registry the router constrains to")
+    p.add_argument("--utterances", type=int, default=150, help="test utterances timed one at a time")
+    p.add_argument("--union-functions", type=int, default=1000, help="functions in the naive union schema")
+    p.add_argument("--union-timeout", type=float, default=300.0, help="seconds before the naive union compile is given up")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("eval", help="evaluate a run on a split; prints the metrics.json path last "
                        "(`tvcall eval compare RUN_A RUN_B` compares two evaluated runs)",

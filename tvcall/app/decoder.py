@@ -1,11 +1,12 @@
-"""Constrained decoding of a function call, stage by stage, over token tries.
+"""Constrained decoding of a function call, stage by stage, over token tries and outlines' schema guides.
 
 The answer is decoded as the segments of `tvcall.data.prompt.answer_segments`: the name is chosen from a
 trie over every registered name (and `null`), then argument keys from the function's own parameters in
 schema order, then each value from a trie of what its schema allows: enum values, booleans, every integer
 within the bounds, and, for string slots, only spans of the utterance (a copy constraint). Tokens the
 constraint forces (JSON punctuation, keys, the rest of a name once its prefix is unique) are fed to the model
-without asking it; the model only runs where there is a real choice.
+without asking it; the model only runs where there is a real choice. From the end of the name on, every token
+must also pass outlines' guide of the function's parameter schema (`tvcall.app.schema_guide`).
 
 At the name stage a prior over the candidate names (the retriever's classifier, `Retrieved.prior`) can join the
 model's scores as a product of experts: each name token's logit gains `prior_weight` times the log of the prior
@@ -23,7 +24,9 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+from outlines_core import Guide
 
+from tvcall.app.schema_guide import GuideError, SchemaGuides, admitted, advance
 from tvcall.data import prompt as P
 from tvcall.data.grounding import said_keys, said_matches, values_of
 from tvcall.functions.registry import Registry
@@ -158,8 +161,12 @@ class _Walk:
     calls: int = 0
     forced: int = 0
     decided: int = 0
+    guide: Guide | None = None  # outlines' schema guide of the arguments, once the name is chosen
+    function: str = ""
 
     def feed(self, tokens: Sequence[int], forced: bool = True) -> None:
+        if self.guide is not None:
+            advance(self.guide, list(tokens), self.function)
         self.pending.extend(tokens)
         if forced:
             self.forced += len(tokens)
@@ -178,6 +185,7 @@ class ConstrainedDecoder:
         self._name_ids = dict(zip(names, tokenizer([P.name_segment(n) for n in names], add_special_tokens=False)["input_ids"],
                                   strict=True))
         self.name_trie = self.candidate_trie(registry.names)
+        self.guides = SchemaGuides(tokenizer, registry)
         self._key_tries: dict[tuple[str, int], TokenTrie] = {}
         self._value_tries: dict[tuple[Any, ...], TokenTrie] = {}
         self.null_bias = 0.0  # added to the "no function" logit at the name's first token (see tvcall.eval.calibrate)
@@ -249,6 +257,10 @@ class ConstrainedDecoder:
             if ending and not node.children:
                 return node.payload, logprob
             allowed = list(node.children) + ([t for t in follow if t not in node.children] if ending else [])
+            if walk.guide is not None:
+                allowed = admitted(walk.guide, allowed)
+                if not allowed:
+                    raise GuideError(f"{walk.function}: the schema admits none of the tokens the decoder allows")
             if len(allowed) == 1 and not ending:
                 walk.feed([allowed[0]])
                 node = node.children[allowed[0]]
@@ -292,6 +304,7 @@ class ConstrainedDecoder:
             said = {k: values_of(m) for k, m in matches.items()}
             available = frozenset(k for k in props if k not in said or said[k])
             filled = said_keys(spec, matches)
+            walk.guide, walk.function = self.guides.guide(name), name
             walk.feed(self._ids(P.ARGS_OPEN))
             position = -1
             while True:
@@ -305,6 +318,8 @@ class ConstrainedDecoder:
                 value, lp = yield from self._choose(walk, value_trie, follow)
                 logprob += lp
                 arguments[key] = value
+        if walk.guide is not None and not walk.guide.is_finished():
+            raise GuideError(f"{name}: the call ended where the schema has not")
         return Decoded(
             name=name, arguments=arguments, text=P.answer_text(name, arguments), confidence=math.exp(logprob),
             name_confidence=math.exp(name_logprob), model_calls=walk.calls,

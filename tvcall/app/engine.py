@@ -15,7 +15,7 @@ import yaml
 
 from tvcall.app.decoder import ConstrainedDecoder, Decoded, TransformersLM
 from tvcall.app.fastlm import FastLlama
-from tvcall.data.prompt import prompt_ids
+from tvcall.data.prompt import PROMPT_FORMAT, prompt_ids
 from tvcall.errors import InputError
 from tvcall.functions.registry import DATA_CATALOG_DIR, Registry, default_registry, registry_for_data
 from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever, run_retriever
@@ -95,6 +95,7 @@ class TransformersEngine(Engine):
         if not config_path.exists():
             raise FileNotFoundError(f"{config_path} missing: train first (`tvcall train`)")
         config = yaml.safe_load(config_path.read_text())
+        check_prompt_format(config_path, config)
         source = model_source(Path(run_dir), config)  # a full fine-tune or a `tvcall export` folder holds its own weights
         model = load_model(source)
         adapter = Path(run_dir) / ADAPTER_DIR
@@ -132,6 +133,14 @@ class TransformersEngine(Engine):
                    "forced_tokens": decoded.forced_tokens},
             null_margin=decoded.null_margin,
         )
+
+
+def check_prompt_format(config_path: Path, config: dict[str, Any]) -> None:
+    """A run answers in the prompt format it was trained on; serving it with another one routes badly, silently."""
+    trained = int(config.get("prompt_format", 1))
+    if trained != PROMPT_FORMAT:
+        raise InputError(config_path, None, "prompt_format", f"the run was trained with prompt format {trained} and this "
+                         f"tvcall renders format {PROMPT_FORMAT} (tvcall/data/prompt.py): train it again (`tvcall train`)")
 
 
 def run_prompt_options(config: dict[str, Any]) -> bool:

@@ -13,6 +13,10 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+# Recorded in a run's config.yaml: a model answers in the format it was trained on. 2: the empty system turn and
+# compact JSON below; 1 (runs before it was recorded): a one-line instruction and JSON with spaces.
+PROMPT_FORMAT = 2
+
 # Empty, not absent: without a system turn SmolLM2's template inserts its own 16-token one. Every prompt token is
 # trained on at every step (measured: 35 prompt tokens with a 9-token instruction, 26 without), and the
 # fine-tuned model needs no instruction to know its one task.

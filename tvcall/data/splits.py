@@ -11,7 +11,8 @@ from typing import Any
 from tvcall.data.record import Record, read_jsonl, write_atomic, write_jsonl
 from tvcall.data.synth import SPLITS, SynthConfig, build_splits
 from tvcall.errors import InputError
-from tvcall.functions.registry import Registry
+from tvcall.functions.catalog import CATALOG_DIR
+from tvcall.functions.registry import DATA_CATALOG_DIR, DATA_LEXICON_DIR, LEXICON_DIR, REGISTRIES, Registry
 
 MANIFEST = "manifest.json"
 
@@ -20,8 +21,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_splits(registry: Registry, config: SynthConfig, out_dir: Path) -> dict[str, Any]:
+def write_splits(registry: Registry, config: SynthConfig, out_dir: Path, registry_name: str = "core") -> dict[str, Any]:
+    """The splits of `registry` (`registry_name` in `REGISTRIES`); any registry but the core one is written into the
+    folder with them."""
     splits = build_splits(registry, config)
+    if registry_name != "core":
+        copy_catalog(registry_name, out_dir)
     files: dict[str, Any] = {}
     for split, records in splits.items():
         path = out_dir / f"{split}.jsonl"
@@ -29,9 +34,25 @@ def write_splits(registry: Registry, config: SynthConfig, out_dir: Path) -> dict
         files[split] = {"records": len(records), "out_of_scope": sum(r.function is None for r in records),
                         "functions": len({r.function for r in records if r.function}), "sha256": _sha256(path)}
     manifest = {"synth": dataclasses.asdict(config), "registry": registry.stats()["functions"], "files": files}
+    if registry_name != "core":  # (core data keeps the version it had before registries had names)
+        manifest["registry_name"] = registry_name
     manifest["version"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
     write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return manifest
+
+
+def copy_catalog(name: str, data_dir: Path) -> None:
+    """Write registry `name` into a data folder (`DIR/catalog`, `DIR/lexicons`), which then carries it:
+    training, eval and serving of that data load it through `registry_for_data`."""
+    catalog, lexicons = Path(data_dir) / DATA_CATALOG_DIR, Path(data_dir) / DATA_LEXICON_DIR
+    for folder in (catalog, lexicons):
+        folder.mkdir(parents=True, exist_ok=True)
+    for folder in REGISTRIES[name]:
+        suffix = "" if folder == CATALOG_DIR else f".{folder.name.removeprefix('catalog_')}"
+        for path in sorted(folder.glob("*.yaml")):
+            write_atomic(catalog / f"{path.stem}{suffix}.yaml", path.read_text())
+    for path in sorted(LEXICON_DIR.glob("*.yaml")):
+        write_atomic(lexicons / path.name, path.read_text())
 
 
 def read_manifest(data_dir: Path) -> dict[str, Any]:

