@@ -9,13 +9,9 @@ import torch
 
 from tvcall.app.engine import TransformersEngine
 from tvcall.data.record import Record
-from tvcall.eval.bench import latency, percentile, throughput, unconstrained, union_probe
+from tvcall.eval.bench import latency, throughput, unconstrained, union_probe
 
 from .conftest import REPO
-
-
-def test_percentile_picks_ranks():
-    assert percentile([5.0, 1.0, 3.0], 0.5) == 3.0 and percentile([1.0, 2.0], 0.95) == 2.0
 
 
 def test_unconstrained_and_constrained_latency_side_by_side(registry, tokenizer, base_model):

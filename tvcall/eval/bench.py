@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from tvcall.app.engine import TransformersEngine
+from tvcall.app.loadgen import percentile
 from tvcall.data import prompt as P
 from tvcall.data.record import Record, write_atomic
 from tvcall.functions.registry import named_registry
@@ -49,11 +50,6 @@ class BenchConfig:
     union_functions: int = 1000
     union_timeout_s: float = 300.0
     seed: int = 0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _child(args: list[str], timeout_s: float) -> dict[str, Any]:
@@ -90,18 +86,15 @@ def grammar_probe(registry_name: str, model: str) -> dict[str, Any]:
 
 def union_probe(functions: int, model: str) -> dict[str, Any]:
     """Outlines' obvious set-up: one JSON schema, a union over `functions` functions' calls, compiled to an index."""
-    from outlines.backends.outlines_core import OutlinesCoreBackend
-    from outlines.models.transformers import TransformerTokenizer
     from outlines_core import Index
     from outlines_core.json_schema import build_regex_from_schema
 
     from tvcall.app.guided import call_schema
+    from tvcall.app.schema_guide import outlines_vocabulary
     from tvcall.training.model import load_tokenizer
 
     registry = named_registry("core")
-    tokenizer = load_tokenizer(model)
-    vocabulary = OutlinesCoreBackend.create_outlines_core_vocabulary(
-        tokenizer.get_vocab(), tokenizer.eos_token_id, tokenizer.eos_token, TransformerTokenizer(tokenizer).convert_token_to_string)
+    vocabulary = outlines_vocabulary(load_tokenizer(model))
     union = {"anyOf": [call_schema(registry, name) for name in registry.names[:functions]]}
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
