@@ -15,6 +15,7 @@ from tvcall.cli import IMPORT_FORMATS, build_parser, main
 from tvcall.data.prompt import PROMPT_FORMAT
 from tvcall.errors import InputError
 from tvcall.functions.registry import default_registry, registry_for_data
+from tvcall.functions.retrieve import Retriever
 
 TRAIN = [  # seq.in, seq.out, label (JointBERT layout)
     ("add sabrina salerno to the grime playlist", "O B-artist I-artist O O B-playlist O", "AddToPlaylist"),
@@ -124,15 +125,17 @@ def test_from_run_routes_over_the_runs_registry(imported: Path, tmp_path: Path, 
 
     def fake_init(self, model, tokenizer, registry=None, backend="fast", top_objects=None, retriever=None,  # noqa: ANN001, ANN202
                   prompt_options=True):  # noqa: ANN001
-        seen.update(registry=registry, retriever=retriever, prompt_options=prompt_options)
+        seen.update(registry=registry, top_objects=top_objects, prompt_options=prompt_options)
         self.registry, self.decoder = registry, SimpleNamespace(null_bias=0.0)
+        self.retriever = Retriever(registry) if top_objects else None
 
     monkeypatch.setattr(engine_module, "load_model", lambda source: SimpleNamespace(named_parameters=lambda: []))
     monkeypatch.setattr(engine_module, "load_tokenizer", lambda source: None)
     monkeypatch.setattr(engine_module.TransformersEngine, "__init__", fake_init)
     engine = engine_module.TransformersEngine.from_run(write_run(tmp_path / "run", imported, data_registry=True))
     assert engine.registry.names == FUNCTIONS
-    assert seen["retriever"].objects == ["toy.intent"] and seen["prompt_options"] is True  # the run predates the setting
+    assert seen["top_objects"] == 4 and seen["prompt_options"] is True  # the run predates the setting
+    assert engine.retriever.objects == ["toy.intent"] and engine.retriever.classifier is None  # the run trained none
 
 
 def test_the_remote_backend_of_eval_and_route_uses_the_runs_registry(imported: Path, tmp_path: Path) -> None:

@@ -100,3 +100,4 @@ def test_a_prior_weight_is_taken_only_when_it_wins_enough_dev_utterances():
     assert found.prior_weight == 1.0 and engine.decoder.prior_weight == 1.0
     assert found.dev_function_accuracy == 0.75 and found.dev_function_accuracy_unbiased == 0.25
     assert found.dev_function_accuracy_by_weight == {"0.0": 0.25, "0.5": 0.5, "1.0": 0.75}
+

@@ -91,6 +91,40 @@ def test_fast_path_gives_the_same_logits_as_transformers(tokenizer, base_model):
     assert sorted(fast.free) == [0, 1]
 
 
+def test_fast_path_one_sequence_gives_the_same_logits_as_transformers(tokenizer, base_model):
+    """One sequence takes the slice path (no gather, no mask for a single new token)."""
+    fast = FastLlama(base_model, batch=2)
+    prompt = P.prompt_ids(tokenizer, "霸王别姬的导演是谁")
+    slot = fast.open(prompt)
+    fast.forward([slot], [[]])
+    brace = tokenizer.encode("{")[0]
+    for extra in ([brace], [brace, brace, brace]):
+        (hidden,) = fast.forward([slot], [extra])
+        prompt = prompt + extra
+        with torch.inference_mode():
+            reference = base_model(input_ids=torch.tensor([prompt])).logits[0, -1]
+        assert torch.allclose(fast.logits(hidden), reference, atol=1e-3)
+
+
+def test_int8_decode_steps_stay_close_to_the_bf16_weights(tokenizer, base_model):
+    """Short passes run on int8 copies of the projections (prompts keep bf16): same best token, logits close."""
+    plain = FastLlama(base_model, dtype=torch.bfloat16, batch=1)
+    int8 = FastLlama(base_model, dtype=torch.bfloat16, batch=1, int8_rows=4)
+    assert int8.layers[0].int8["wgu"].q.dtype == torch.int8 and not plain.layers[0].int8
+    brace = tokenizer.encode("{")[0]
+    for text in ["把音量调到20", "switch to HDMI 2"]:
+        logits = []
+        for fast in (plain, int8):
+            slot = fast.open(P.prompt_ids(tokenizer, text))
+            fast.forward([slot], [[]])
+            logits.append(fast.logits(fast.forward([slot], [[brace]])[0]))
+            fast.close(slot)
+        assert int(logits[0].argmax()) == int(logits[1].argmax())
+        assert (logits[0] - logits[1]).abs().max() < 1.0
+    with pytest.raises(ValueError, match="bf16 or fp16"):
+        FastLlama(base_model, dtype=torch.float32, batch=1, int8_rows=4)
+
+
 def test_batched_routing_equals_one_at_a_time(registry, tokenizer, base_model):
     engine = TransformersEngine(base_model, tokenizer, registry, backend="fast", dtype=torch.float32)
     texts = ["把音量调到20", "switch to HDMI 2", "霸王别姬的导演是谁", "write me a poem", "set a sleep timer for 30 minutes"]

@@ -18,13 +18,14 @@ from tvcall.app.fastlm import FastLlama
 from tvcall.data.prompt import PROMPT_FORMAT, prompt_ids
 from tvcall.errors import InputError
 from tvcall.functions.registry import DATA_CATALOG_DIR, Registry, default_registry, registry_for_data
-from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever, run_retriever
+from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever, run_classifier
 from tvcall.functions.validate import call_errors
 from tvcall.training.model import load_model, load_tokenizer, model_source
 
 CALIBRATION_FILE = "calibration.json"  # in a run folder: the abstention bias chosen on dev (tvcall.eval.calibrate)
 MAX_PROMPT_TOKENS = 384  # the fast path's cache holds 512 tokens: room for the longest answer after the prompt
 FAST_BATCH = 16  # sequences the fast path decodes together: the router batches up to 16 requests
+INT8_DECODE_ROWS = 16  # passes of up to this many tokens run on the fast path's int8 weights (`FastLlama.int8_rows`)
 
 
 @dataclass
@@ -65,20 +66,25 @@ class TransformersEngine(Engine):
 
     def __init__(self, model: Any, tokenizer: Any, registry: Registry | None = None, backend: str = "fast",
                  top_objects: int | None = DEFAULT_TOP_OBJECTS, retriever: Retriever | None = None,
-                 dtype: torch.dtype | None = None, prompt_options: bool = True) -> None:
+                 dtype: torch.dtype | None = None, prompt_options: bool = True, int8_decode: bool = True) -> None:
         self.registry = registry or default_registry()
         self.top_objects = top_objects
         self.prompt_options = prompt_options  # as the model was trained: retrieved objects listed in the prompt
         self.max_prompt_tokens = MAX_PROMPT_TOKENS
         self.retriever = (retriever or Retriever(self.registry)) if top_objects else None
-        self.model = model.eval()
         self.tokenizer = tokenizer
         self.backend = backend
+        self.model: Any = None  # the transformers model, kept by the "hf" path only
         if backend == "fast":
-            fast = FastLlama(self.model, dtype=dtype or fast_dtype(), batch=FAST_BATCH)
+            # FastLlama copies the weights it runs; holding the transformers model too would keep a second copy
+            # (0.5 GiB in float32) in the router's memory
+            dtype = dtype or fast_dtype()
+            int8_rows = INT8_DECODE_ROWS if int8_decode and dtype == torch.bfloat16 else 0
+            fast = FastLlama(model.eval(), dtype=dtype, batch=FAST_BATCH, int8_rows=int8_rows)
             fast.set_prefix(shared_prompt_prefix(tokenizer))
             lm: Any = fast
         elif backend == "hf":
+            self.model = model.eval()
             lm = TransformersLM(self.model)
         else:
             raise ValueError(f"unknown backend {backend!r} (fast, hf)")
@@ -105,8 +111,10 @@ class TransformersEngine(Engine):
             backend = "hf"  # FastLlama takes plain bias-free weights: bitsandbytes exports and Qwen run through transformers
         top_objects = int(config.get("retrieval_top_objects", 0))  # as the model was trained
         registry = registry or run_registry(Path(run_dir), config)
-        engine = cls(model, load_tokenizer(source), registry, backend, top_objects, run_retriever(registry, Path(run_dir)),
-                     prompt_options=run_prompt_options(config))
+        engine = cls(model, load_tokenizer(source), registry, backend, top_objects, prompt_options=run_prompt_options(config))
+        del model  # the fast path holds its own copy: free this one before the classifier loads (the router's peak memory)
+        if engine.retriever is not None:
+            engine.retriever.use_classifier(run_classifier(Path(run_dir)))
         engine.decoder.null_bias, engine.decoder.prior_weight = load_calibration(Path(run_dir))
         return engine
 

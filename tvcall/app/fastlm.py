@@ -6,7 +6,12 @@ transformers, without its per-call overhead.
 - fused QKV and gate/up projections (fewer, larger matmuls);
 - the output projection only for the tokens the constraint allows (a handful of rows of the 49k-row
   embedding instead of all of them);
-- optional bf16 weights (this CPU has AVX512-BF16): half the bytes to stream per token.
+- optional bf16 weights (this CPU has AVX512-BF16): half the bytes to stream per token;
+- optional int8 copies of the projections for decode steps (`int8_rows`). A step of a few tokens is bound by
+  memory, not arithmetic: it streams every weight once (0.27 GB in bf16), which on 2 cores took 37 of a step's
+  52 ms. Weight-only int8 with one scale per output row (`torch._weight_int8pack_mm`) streams half the bytes:
+  the projections of 30 layers at one token took 14 ms against 47 in bf16. Prompts (tens of tokens) are
+  compute-bound and slower through that kernel (86 against 55 ms at 20 tokens), so they keep the bf16 weights.
 """
 
 from __future__ import annotations
@@ -18,6 +23,20 @@ import torch.nn.functional as F
 
 
 @dataclass
+class Int8Weight:
+    """A weight as int8 rows and one scale per row (symmetric): w ≈ q · scale."""
+
+    q: torch.Tensor  # out × in, int8
+    scale: torch.Tensor  # out, in the activations' dtype
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, dtype: torch.dtype) -> Int8Weight:
+        w = weight.float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+        return cls(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous(), scale.to(dtype))
+
+
+@dataclass
 class _Layer:
     ln1: torch.Tensor
     wqkv: torch.Tensor  # (q + 2·kv) × hidden
@@ -25,6 +44,7 @@ class _Layer:
     ln2: torch.Tensor
     wgu: torch.Tensor  # 2·intermediate × hidden
     wdown: torch.Tensor
+    int8: dict[str, Int8Weight] = field(default_factory=dict)  # the projections above, by name, for decode steps
 
 
 @dataclass
@@ -38,9 +58,14 @@ class Slot:
 
 class FastLlama:
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32, max_len: int = 512, batch: int = 8,
-                 max_padding: int = 8) -> None:
+                 max_padding: int = 8, int8_rows: int = 0) -> None:
+        """`int8_rows`: passes of at most that many tokens (batch × length) use the int8 copies; 0: none made.
+        The int8 kernel is fast only for bf16/fp16 activations (with fp32 ones it took 9× longer than fp32 weights)."""
         config = model.config
         self.max_padding = max_padding
+        if int8_rows and dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"int8 decode weights need bf16 or fp16 activations, not {dtype}")
+        self.int8_rows = int8_rows
         if config.model_type not in ("llama", "qwen2"):
             raise ValueError(f"FastLlama runs llama/qwen2 models, not {config.model_type}")
         state = {k: v.detach() for k, v in model.state_dict().items()}
@@ -53,8 +78,10 @@ class FastLlama:
         self.has_bias = "model.layers.0.self_attn.q_proj.bias" in state
         if self.has_bias:
             raise ValueError("attention biases are not supported by FastLlama")
-        self.embed = state["model.embed_tokens.weight"].to(dtype)
-        self.lm_head = state.get("lm_head.weight", state["model.embed_tokens.weight"]).to(dtype)
+        embed = state["model.embed_tokens.weight"]
+        head = state.get("lm_head.weight", embed)
+        self.embed = embed.to(dtype)
+        self.lm_head = self.embed if head.data_ptr() == embed.data_ptr() else head.to(dtype)  # tied: one copy
         self.norm = state["model.norm.weight"].to(dtype)
         self.layers: list[_Layer] = []
         for i in range(config.num_hidden_layers):
@@ -67,6 +94,9 @@ class FastLlama:
                 wgu=torch.cat([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]]).to(dtype).contiguous(),
                 wdown=state[p + "mlp.down_proj.weight"].to(dtype).contiguous(),
             ))
+            if int8_rows:
+                last = self.layers[-1]
+                last.int8 = {name: Int8Weight.of(getattr(last, name), dtype) for name in ("wqkv", "wo", "wgu", "wdown")}
         rope = getattr(config, "rope_parameters", None) or {"rope_theta": getattr(config, "rope_theta", 10000.0)}
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"rope type {rope.get('rope_type')} is not supported by FastLlama")
@@ -151,27 +181,47 @@ class FastLlama:
         positions = starts[:, None] + torch.arange(count)[None, :]  # B × T
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # B × 1 × T × D
         span = int(positions.max()) + 1
-        mask = (torch.arange(span)[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # B × 1 × T × S
+        # one sequence: its cache row and positions are slices (views, no gather or scatter), and a single new
+        # token sees every cached one (no mask); op dispatch, not arithmetic, is most of a decode step's non-matmul time
+        single = batch == 1
+        start = int(starts[0])
+        mask = None if single and count == 1 else \
+            (torch.arange(span)[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # B × 1 × T × S
         row_index = rows[:, None].expand(batch, count)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         x = self.embed[ids]  # B × T × hidden
+        int8 = batch * count <= self.int8_rows
+
+        def project(h: torch.Tensor, layer: _Layer, name: str) -> torch.Tensor:
+            if int8:
+                weight = layer.int8[name]
+                flat = torch._weight_int8pack_mm(h.reshape(-1, h.shape[-1]).contiguous(), weight.q, weight.scale)
+                return flat.view(*h.shape[:-1], -1)
+            return h @ getattr(layer, name).T
+
         for index, layer in enumerate(self.layers):
             h = self._rms(x, layer.ln1)
-            qkv = h @ layer.wqkv.T
-            q = qkv[..., :q_size].view(batch, count, self.heads, self.head_dim).transpose(1, 2)
-            k = qkv[..., q_size:q_size + kv_size].view(batch, count, self.kv_heads, self.head_dim).transpose(1, 2)
+            qkv = project(h, layer, "wqkv")
+            # queries and keys rotated together: one rope instead of two
+            qk = qkv[..., :q_size + kv_size].view(batch, count, self.heads + self.kv_heads, self.head_dim).transpose(1, 2)
+            qk = self._rope(qk, cos, sin)
+            q, k = qk[:, :self.heads], qk[:, self.heads:]
             v = qkv[..., q_size + kv_size:].view(batch, count, self.kv_heads, self.head_dim)
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             keys, values = self.keys[index], self.values[index]  # slots × kv_heads × max_len × D
-            keys[row_index, :, positions] = k.transpose(1, 2)
-            values[row_index, :, positions] = v
-            attn = F.scaled_dot_product_attention(
-                q, keys[rows, :, :span], values[rows, :, :span], attn_mask=mask, enable_gqa=True,
-            )
-            x = x + attn.transpose(1, 2).reshape(batch, count, q_size) @ layer.wo.T
+            if single:
+                row = slots[0].index
+                keys[row, :, start:start + count] = k[0]
+                values[row, :, start:start + count] = v[0].transpose(0, 1)
+                cached_keys, cached_values = keys[row:row + 1, :, :span], values[row:row + 1, :, :span]
+            else:
+                keys[row_index, :, positions] = k.transpose(1, 2)
+                values[row_index, :, positions] = v
+                cached_keys, cached_values = keys[rows, :, :span], values[rows, :, :span]
+            attn = F.scaled_dot_product_attention(q, cached_keys, cached_values, attn_mask=mask, enable_gqa=True)
+            x = x + project(attn.transpose(1, 2).reshape(batch, count, q_size), layer, "wo")
             h = self._rms(x, layer.ln2)
-            gate, up = (h @ layer.wgu.T).chunk(2, dim=-1)
-            x = x + (F.silu(gate) * up) @ layer.wdown.T
+            gate, up = project(h, layer, "wgu").chunk(2, dim=-1)
+            x = x + project(F.silu(gate) * up, layer, "wdown")
         last = torch.tensor([len(r) - 1 for r in runs])
         hidden = self._rms(x[torch.arange(batch), last], self.norm)
         for slot, run in zip(slots, runs, strict=True):

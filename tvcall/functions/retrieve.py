@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 from rank_bm25 import BM25Okapi
+from scipy.sparse import csr_matrix
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import SGDClassifier
 
@@ -72,43 +73,75 @@ def _label(specs: list[FunctionSpec], lang: str) -> str:
     return min((s.description.forms(lang)[0] for s in specs), key=len)
 
 
+class SparseBM25:
+    """rank_bm25's `BM25Okapi` scores (its idf with the epsilon floor, its k1 and b) as one sparse product: a
+    term × document matrix of each term's BM25 weight, times the query's term counts. `BM25Okapi.get_scores`
+    loops in Python over every document for every query token (8 ms a query over the full registry's objects)."""
+
+    def __init__(self, documents: list[list[str]]) -> None:
+        okapi = BM25Okapi(documents)
+        self.vocabulary = {word: i for i, word in enumerate(okapi.idf)}
+        rows, columns, values = [], [], []
+        for doc, frequencies in enumerate(okapi.doc_freqs):
+            length_norm = okapi.k1 * (1 - okapi.b + okapi.b * okapi.doc_len[doc] / okapi.avgdl)
+            for word, count in frequencies.items():
+                rows.append(self.vocabulary[word])
+                columns.append(doc)
+                values.append(okapi.idf[word] * count * (okapi.k1 + 1) / (count + length_norm))
+        self.weights = csr_matrix((values, (rows, columns)), shape=(len(self.vocabulary), len(documents)))
+
+    def get_scores(self, query: list[str]) -> np.ndarray:
+        counts = Counter(token for token in query if token in self.vocabulary)
+        terms = [self.vocabulary[token] for token in counts]
+        return np.asarray(self.weights[terms].T @ np.array(list(counts.values()), dtype=float)).ravel()
+
+
 class FunctionClassifier:
     """Which function a command calls, or none (`NO_FUNCTION`), learned from training utterances: TF-IDF over
     character n-grams within words and a logistic-regression head. Unlike BM25 over the registry's words, it
     learns which n-grams name a function and which only say how people phrase commands. It sees every training
-    utterance in seconds, where the LLM's time budget covers a fraction of them."""
+    utterance in seconds, where the LLM's time budget covers a fraction of them.
 
-    def __init__(self, vectorizer: TfidfVectorizer, model: SGDClassifier) -> None:
-        self.vectorizer, self.model = vectorizer, model
-        # features × labels, contiguous: `decision_function` multiplies by `coef_.T`, a strided view it copies on
-        # every call (80 ms of a 1,325-label model's 100 MB)
-        self._weights = np.ascontiguousarray(model.coef_.T)
+    Only what scoring needs is kept: the vectorizer, the labels, and the weights as one contiguous float32
+    features × labels matrix (sklearn's float64 `coef_` and its transpose took 0.9 GiB of a router's memory at
+    1,325 labels; `decision_function` would copy the strided transpose on every call)."""
+
+    def __init__(self, vectorizer: TfidfVectorizer, labels: Sequence[str], weights: np.ndarray, intercept: np.ndarray) -> None:
+        self.vectorizer = vectorizer
+        self.labels = [str(label) for label in labels]
+        self._weights = np.ascontiguousarray(weights, dtype=np.float32)
+        self._intercept = np.asarray(intercept, dtype=np.float32)
 
     @classmethod
     def fit(cls, texts: Sequence[str], labels: Sequence[str], seed: int = 0) -> FunctionClassifier:
         vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, lowercase=True)
         features = vectorizer.fit_transform(texts)
         model = SGDClassifier(loss="log_loss", alpha=1e-5, max_iter=8, tol=None, random_state=seed, n_jobs=2)
-        return cls(vectorizer, model.fit(features, list(labels)))
+        return cls.from_sklearn(vectorizer, model.fit(features, list(labels)))
 
-    @property
-    def labels(self) -> list[str]:
-        return [str(c) for c in self.model.classes_]
+    @classmethod
+    def from_sklearn(cls, vectorizer: TfidfVectorizer, model: SGDClassifier) -> FunctionClassifier:
+        return cls(vectorizer, model.classes_, model.coef_.T, model.intercept_)
 
     def scores(self, text: str) -> np.ndarray:
         """One log-odds score per label (`labels` order)."""
-        scores = (self.vectorizer.transform([text]) @ self._weights)[0] + self.model.intercept_
+        # float32 features: float64 ones would make scipy upcast the whole weight matrix on every call (0.4 GiB)
+        features = self.vectorizer.transform([text]).astype(np.float32)
+        scores = (features @ self._weights)[0] + self._intercept
         return np.array([-scores[0], scores[0]]) if len(scores) == 1 else scores  # two labels: one margin
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        joblib.dump((self.vectorizer, self.model), tmp)
+        joblib.dump({"vectorizer": self.vectorizer, "labels": self.labels, "weights": self._weights,
+                     "intercept": self._intercept}, tmp)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> FunctionClassifier:
-        vectorizer, model = joblib.load(path)
-        return cls(vectorizer, model)
+        saved = joblib.load(path)
+        if isinstance(saved, tuple):  # runs saved before: (vectorizer, sklearn model)
+            return cls.from_sklearn(*saved)
+        return cls(saved["vectorizer"], saved["labels"], saved["weights"], saved["intercept"])
 
 
 def _logsumexp(values: np.ndarray) -> float:
@@ -139,7 +172,7 @@ class Retriever:
         self.index_of = {key: i for i, key in enumerate(self.objects)}
         self.functions = {key: [s.name for s in specs] for key, specs in groups.items()}
         self.labels = {(key, lang): _label(specs, lang) for key, specs in groups.items() for lang in LANGS}
-        self.index = BM25Okapi([tokens(" ".join(p for s in groups[key] for p in _describe(s))) for key in self.objects])
+        self.index = SparseBM25([tokens(" ".join(p for s in groups[key] for p in _describe(s))) for key in self.objects])
         self.use_classifier(classifier)
 
     def use_classifier(self, classifier: FunctionClassifier | None) -> None:
