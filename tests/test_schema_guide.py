@@ -71,3 +71,28 @@ def test_the_guide_keeps_the_schemas_key_order_after_an_integer(registry, tokeni
     guide = SchemaGuides(tokenizer, registry).guide(name)
     advance(guide, _tail_ids(tokenizer, name, {"value": 2880, "room": "living_room"}), name)
     assert guide.is_finished()
+
+
+def test_compiled_indexes_are_loaded_from_disk_by_the_next_process(registry, tokenizer, tmp_path, monkeypatch):
+    import tvcall.app.schema_guide as schema_guide
+
+    name = "input.source.switch"
+    first = SchemaGuides(tokenizer, registry, tmp_path)
+    first.index(name)
+    (stored,) = tmp_path.glob("*.pickle")
+
+    def no_compiling(*args):  # noqa: ANN002, ANN202
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(schema_guide, "Index", no_compiling)
+    again = SchemaGuides(tokenizer, registry, tmp_path)  # a new process's guides: nothing compiled in memory
+    guide = again.guide(name)
+    advance(guide, _tail_ids(tokenizer, name, {"source": "hdmi2"}), name)
+    assert guide.is_finished()
+    with pytest.raises(GuideError):
+        advance(again.guide(name), _tail_ids(tokenizer, name, {"source": "hdmi9"}), name)
+
+    monkeypatch.undo()
+    stored.write_bytes(b"not a pickle")  # damaged: compiled again and replaced
+    assert SchemaGuides(tokenizer, registry, tmp_path).guide(name) is not None
+    assert stored.read_bytes() != b"not a pickle"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +41,16 @@ def load_engine(run: str | None, model: str | None, threads: int | None = None) 
     return TransformersEngine.from_run(Path(run or "runs/cpu-default"))
 
 
+def ready_schemas(engine: Engine) -> None:
+    """Compile (or load from the disk cache) every argument schema before the first request, not during it."""
+    from tvcall.app.engine import TransformersEngine
+
+    if isinstance(engine, TransformersEngine):
+        started = time.perf_counter()
+        schemas = engine.decoder.guides.compile_all()
+        print(f"{schemas} argument schemas ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+
 def token_from_env() -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
@@ -49,7 +60,9 @@ def serve(options: ServeOptions) -> None:
 
     token = options.router.token.get_secret_value() if options.router.token else None
     check_binding(options.host, token)
-    app = create_app(load_engine(options.run, options.model, options.threads), options.router)
+    engine = load_engine(options.run, options.model, options.threads)
+    ready_schemas(engine)
+    app = create_app(engine, options.router)
     uvicorn.run(app, host=options.host, port=options.port, log_level=options.log_level, server_header=False,
                 timeout_graceful_shutdown=5)
 
