@@ -242,11 +242,6 @@ def run_classifier(run_dir: Path) -> FunctionClassifier | None:
     return FunctionClassifier.load(path) if path.exists() else None
 
 
-def run_retriever(registry: Registry, run_dir: Path) -> Retriever:
-    """The retriever a run trained with: BM25 plus the run's classifier when it has one."""
-    return Retriever(registry, run_classifier(run_dir))
-
-
 def fit_classifier(examples: Sequence[tuple[str, str | None]], seed: int = 0) -> FunctionClassifier:
     """From (text, function name) pairs; out-of-scope ones (None) are labelled `NO_FUNCTION`."""
     return FunctionClassifier.fit([t for t, _ in examples], [n or NO_FUNCTION for _, n in examples], seed)

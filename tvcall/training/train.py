@@ -172,7 +172,7 @@ def build_dataset(tokenizer: Any, records: list[Record], top_objects: int = DEFA
 
 def train_retriever(registry: Registry, train_split: list[Record], seed: int, run_dir: Path) -> Retriever:
     """BM25 over `registry` plus a function classifier fitted on the whole training split (seconds) and saved in
-    the run folder, where `run_retriever` finds it. A split with a single label has nothing to classify and keeps
+    the run folder, where `run_classifier` finds it. A split with a single label has nothing to classify and keeps
     BM25 alone."""
     if len({r.function for r in train_split}) < 2:
         (run_dir / CLASSIFIER_FILE).unlink(missing_ok=True)  # one left by an earlier run in this folder would be loaded
