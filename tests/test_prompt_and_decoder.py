@@ -40,22 +40,28 @@ class _TeacherLM:
 
     def __init__(self, target: list[int], vocab: int) -> None:
         self.target, self.vocab = target, vocab
+        self.passes = 0
 
     def open(self, prompt):
-        return {"answer_pos": 0, "pending": len(prompt)}
+        return {"answer_pos": 0}
 
     def close(self, session):
         pass
 
-    def forward(self, sessions, tokens):
+    def run(self, sessions, tokens, keep):
+        self.passes += 1
         heads = []
-        for session, new in zip(sessions, tokens, strict=True):
+        for session, new, k in zip(sessions, tokens, keep, strict=True):
             session["answer_pos"] += len(new)
-            logits = torch.zeros(self.vocab)
-            if session["answer_pos"] < len(self.target):
-                logits[self.target[session["answer_pos"]]] = 10.0
-            heads.append(logits)
+            rows = torch.zeros(k, self.vocab)
+            for row, position in enumerate(range(session["answer_pos"] - k + 1, session["answer_pos"] + 1)):
+                if position < len(self.target):
+                    rows[row, self.target[position]] = 10.0
+            heads.append(rows)
         return heads
+
+    def rewind(self, session, count):
+        session["answer_pos"] -= count
 
     def scores(self, head, allowed):
         return head[allowed]
@@ -71,6 +77,29 @@ def test_decoder_walks_exactly_the_training_tokens(registry, tokenizer):
         assert (decoded.name, decoded.arguments) == (record.function, record.arguments), record.text
 
 
+def test_a_drafted_name_saves_passes_and_never_changes_the_call(registry, tokenizer):
+    """The prior's favourite name runs with the prompt. Right, the name needs no pass of its own; wrong, the decode
+    leaves the draft where the model disagrees, drops the rest from the cache, and still ends on the gold call."""
+    gold, arguments = "sound.volume.set", {"value": 20}
+    sibling = next(n for n in registry.names if n.startswith("sound.volume.") and n != gold)
+    stranger = "picture.brightness.set"
+    candidates = [gold, sibling, stranger]
+    target = P.answer_ids(tokenizer, gold, arguments)[:-1]
+    decoder = ConstrainedDecoder(lm=None, tokenizer=tokenizer, registry=registry)
+    passes = {}
+    for draft in (None, gold, sibling, stranger):
+        decoder.lm = teacher = _TeacherLM(target, len(tokenizer))
+        prior = None if draft is None else {n: (-0.1 if n == draft else -3.0) for n in candidates}
+        decoded = decoder.decode("把音量调到20", candidates, prior=prior)
+        assert (decoded.name, decoded.arguments) == (gold, arguments), draft
+        assert decoded.model_calls == teacher.passes
+        passes[draft] = teacher.passes
+    assert passes[None] >= 2  # a pass per decision of the name: sound or picture or none, then which volume action
+    assert passes[gold] == 1  # the whole name from the prompt's pass; the argument (said in the utterance) is forced
+    assert passes[sibling] == 1  # the draft held up to the last decision: the chosen token needs no pass after it
+    assert passes[stranger] <= passes[None]  # left early: the decisions after that take their passes, as without one
+
+
 def test_fast_path_gives_the_same_logits_as_transformers(tokenizer, base_model):
     fast = FastLlama(base_model, batch=2)
     fast.set_prefix(shared_prompt_prefix(tokenizer))
@@ -79,13 +108,15 @@ def test_fast_path_gives_the_same_logits_as_transformers(tokenizer, base_model):
     slots = [fast.open(p) for p in prompts]
     assert len(slots[0].pending) < len(prompts[0])  # the shared prefix came from the cache
     fast.forward(slots, [[], []])  # prompts of different lengths in one batch
-    hidden = fast.forward(slots, [[brace], [brace, brace]])
+    hidden = fast.run(slots, [[brace], [brace, brace]], keep=[1, 2])  # the second keeps a state per new token
     for prompt, extra, h in zip(prompts, [[brace], [brace, brace]], hidden, strict=True):
         with torch.inference_mode():
-            reference = base_model(input_ids=torch.tensor([prompt + extra])).logits[0, -1]
-        assert torch.allclose(fast.logits(h), reference, atol=1e-3)
-        allowed = [5, 17, 300]
-        assert torch.allclose(fast.scores(h, allowed), reference[allowed], atol=1e-3)
+            reference = base_model(input_ids=torch.tensor([prompt + extra])).logits[0, -len(extra):]
+        for row in range(len(extra)):
+            difference = (fast.logits(h[row]) - reference[row]).abs().max()
+            assert difference < 1e-3, f"largest logit difference {float(difference):.2e}"
+            allowed = [5, 17, 300]
+            assert torch.allclose(fast.scores(h[row], allowed), reference[row, allowed], atol=1e-3)
     for slot in slots:
         fast.close(slot)
     assert sorted(fast.free) == [0, 1]
@@ -104,6 +135,22 @@ def test_fast_path_one_sequence_gives_the_same_logits_as_transformers(tokenizer,
         with torch.inference_mode():
             reference = base_model(input_ids=torch.tensor([prompt])).logits[0, -1]
         assert torch.allclose(fast.logits(hidden), reference, atol=1e-3)
+
+
+def test_fast_path_rewind_forgets_the_dropped_tokens(tokenizer, base_model):
+    """Tokens run on speculation and then rewound leave no trace: the next state is that of the kept tokens."""
+    fast = FastLlama(base_model, batch=1)
+    prompt = P.prompt_ids(tokenizer, "turn it up")
+    brace, quote = tokenizer.encode("{")[0], tokenizer.encode('"')[0]
+    slot = fast.open(prompt)
+    fast.run([slot], [[brace, brace, brace]], keep=[3])
+    fast.rewind(slot, 2)
+    (hidden,) = fast.forward([slot], [[quote]])
+    with torch.inference_mode():
+        reference = base_model(input_ids=torch.tensor([prompt + [brace, quote]])).logits[0, -1]
+    assert torch.allclose(fast.logits(hidden), reference, atol=1e-3)
+    with pytest.raises(ValueError, match="cannot rewind"):
+        fast.rewind(slot, slot.length + 1)
 
 
 def test_int8_decode_steps_stay_close_to_the_bf16_weights(tokenizer, base_model):
@@ -132,6 +179,26 @@ def test_batched_routing_equals_one_at_a_time(registry, tokenizer, base_model):
     assert [r.call() for r in engine.route_batch(texts)] == single
     reference = TransformersEngine(base_model, tokenizer, registry, backend="hf")
     assert [reference.route(t).call() for t in texts] == single
+
+
+def test_drafted_names_give_the_same_calls_with_the_real_model(registry, tokenizer, base_model):
+    """Batched, with drafts right for some utterances and wrong for others: the calls are those decoded without
+    drafts, in fewer passes."""
+    engine = TransformersEngine(base_model, tokenizer, registry, backend="fast", dtype=torch.float32)
+    texts = ["把音量调到20", "switch to HDMI 2", "霸王别姬的导演是谁", "write me a poem", "set a sleep timer for 30 minutes"]
+    found = [engine.retriever.retrieve(t, engine.top_objects) for t in texts]
+    args = [texts, [f.functions for f in found], [f.options for f in found]]
+    engine.decoder.speculate = False
+    plain = engine.decoder.decode_batch(*args, [{n: 0.0 for n in f.functions} for f in found])
+    # the prior favours the name decoded without drafts for every other utterance, another candidate otherwise
+    favourites = [d.name if i % 2 == 0 else next(n for n in f.functions if n != d.name)
+                  for i, (d, f) in enumerate(zip(plain, found, strict=True))]
+    priors = [{n: (0.0 if n == best else -5.0) for n in [*f.functions, None]}
+              for best, f in zip(favourites, found, strict=True)]
+    engine.decoder.speculate = True
+    drafted = engine.decoder.decode_batch(*args, priors)
+    assert [(d.name, d.arguments) for d in drafted] == [(d.name, d.arguments) for d in plain]
+    assert sum(d.model_calls for d in drafted) < sum(d.model_calls for d in plain)
 
 
 @pytest.mark.parametrize("backend", ["fast", "hf"])

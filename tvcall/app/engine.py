@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import math
 import time
@@ -113,6 +115,7 @@ class TransformersEngine(Engine):
         registry = registry or run_registry(Path(run_dir), config)
         engine = cls(model, load_tokenizer(source), registry, backend, top_objects, prompt_options=run_prompt_options(config))
         del model  # the fast path holds its own copy: free this one before the classifier loads (the router's peak memory)
+        release_freed_memory()
         if engine.retriever is not None:
             engine.retriever.use_classifier(run_classifier(Path(run_dir)))
         engine.decoder.null_bias, engine.decoder.prior_weight = load_calibration(Path(run_dir))
@@ -196,6 +199,16 @@ def load_calibration(run_dir: Path) -> tuple[float, float]:
         return 0.0, 0.0
     chosen = json.loads(path.read_text())
     return float(chosen["null_bias"]), float(chosen.get("prior_weight", 0.0))
+
+
+def release_freed_memory() -> None:
+    """Hand memory Python has freed back to the OS: glibc kept 0.25 GiB of the freed transformers model in the
+    router's resident memory."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def set_threads(threads: int | None) -> None:

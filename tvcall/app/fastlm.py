@@ -148,8 +148,19 @@ class FastLlama:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
+    def rewind(self, slot: Slot, count: int) -> None:
+        """Drop the last `count` tokens from the slot's cache (tokens run on speculation that did not hold)."""
+        if not 0 <= count <= slot.length:
+            raise ValueError(f"cannot rewind {count} of the {slot.length} cached tokens")
+        slot.length -= count
+
     def forward(self, slots: list[Slot], tokens: list[list[int]]) -> list[torch.Tensor]:
-        """Run each slot's pending prompt plus its `tokens`; returns each one's final hidden state.
+        """Run each slot's pending prompt plus its `tokens`; returns each one's final hidden state."""
+        return [h[-1] for h in self.run(slots, tokens, [1] * len(slots))]
+
+    def run(self, slots: list[Slot], tokens: list[list[int]], keep: list[int]) -> list[torch.Tensor]:
+        """Run each slot's pending prompt plus its `tokens`; returns the hidden states of each one's last `keep[i]`
+        positions (keep[i] × hidden).
 
         Runs of similar length go through the model together (one pass streams the weights for all of them);
         runs that differ by more than `max_padding` tokens go in separate passes, since a padded token costs as
@@ -161,7 +172,8 @@ class FastLlama:
         group: list[int] = []
         for i in [*order, None]:
             if group and (i is None or len(runs[group[0]]) - len(runs[i]) > self.max_padding):
-                for j, h in zip(group, self._run([slots[j] for j in group], [runs[j] for j in group]), strict=True):
+                outputs = self._run([slots[j] for j in group], [runs[j] for j in group], [keep[j] for j in group])
+                for j, h in zip(group, outputs, strict=True):
                     hidden[j] = h
                 group = []
             if i is not None:
@@ -169,8 +181,10 @@ class FastLlama:
         return [h for h in hidden if h is not None]
 
     @torch.inference_mode()
-    def _run(self, slots: list[Slot], runs: list[list[int]]) -> list[torch.Tensor]:
+    def _run(self, slots: list[Slot], runs: list[list[int]], keep: list[int]) -> list[torch.Tensor]:
         """One batched pass; shorter runs are padded past their sequence's end."""
+        if any(not 1 <= k <= len(r) for k, r in zip(keep, runs, strict=True)):
+            raise ValueError(f"keep {keep} must be between 1 and each run's length {[len(r) for r in runs]}")
         count = max(len(r) for r in runs)
         starts = torch.tensor([slot.length for slot in slots])
         if int(starts.max()) + count > self.max_len:
@@ -222,12 +236,12 @@ class FastLlama:
             h = self._rms(x, layer.ln2)
             gate, up = project(h, layer, "wgu").chunk(2, dim=-1)
             x = x + project(F.silu(gate) * up, layer, "wdown")
-        last = torch.tensor([len(r) - 1 for r in runs])
-        hidden = self._rms(x[torch.arange(batch), last], self.norm)
+        kept = [(b, t) for b, (r, k) in enumerate(zip(runs, keep, strict=True)) for t in range(len(r) - k, len(r))]
+        hidden = self._rms(x[[b for b, _ in kept], [t for _, t in kept]], self.norm)
         for slot, run in zip(slots, runs, strict=True):
             slot.length += len(run)
             slot.pending = []
-        return list(hidden)
+        return list(hidden.split(keep))
 
     def scores(self, hidden: torch.Tensor, allowed: list[int]) -> torch.Tensor:
         """Logits of the `allowed` tokens only."""

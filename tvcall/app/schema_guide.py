@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import re
+from collections.abc import Callable
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
@@ -53,21 +54,30 @@ def outlines_vocabulary(tokenizer: Any) -> Vocabulary:
 
 
 @cache
-def _compiled(tokenizer: Any) -> tuple[Vocabulary, dict[str, Index], Path]:
-    """One vocabulary and one schema JSON → index cache per tokenizer, shared by every decoder in the process (an
-    eval's engine and its reference, a test session's many engines) instead of rebuilt by each; and the folder of
-    its compiled indexes on disk."""
-    return outlines_vocabulary(tokenizer), {}, index_cache_dir(tokenizer)
+def _vocabulary(tokenizer: Any) -> Vocabulary:
+    """Built when a schema must be compiled, not at start-up: a process that finds every index on disk needs none."""
+    return outlines_vocabulary(tokenizer)
+
+
+@cache
+def _compiled(tokenizer: Any) -> tuple[dict[str, Index], Path]:
+    """One schema JSON → index cache per tokenizer, shared by every decoder in the process (an eval's engine and its
+    reference, a test session's many engines) instead of rebuilt by each; and the folder of its indexes on disk."""
+    return {}, index_cache_dir(tokenizer)
 
 
 def index_cache_dir(tokenizer: Any) -> Path:
-    """Where compiled indexes for this tokenizer live: keyed by its vocabulary and the outlines-core version."""
-    fingerprint = hashlib.sha256(json.dumps(
-        [sorted(tokenizer.get_vocab().items()), tokenizer.eos_token_id, version("outlines-core")]).encode()).hexdigest()
-    return cache_dir() / "schema-indexes" / fingerprint[:24]
+    """Where compiled indexes for this tokenizer live: keyed by its vocabulary and the outlines-core version.
+
+    A fast tokenizer is fingerprinted by its serialised form (40 ms for SmolLM2's), which holds the vocabulary;
+    others by their sorted vocabulary (180 ms)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    described = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    fingerprint = hashlib.sha256(json.dumps([described, tokenizer.eos_token_id, version("outlines-core")]).encode())
+    return cache_dir() / "schema-indexes" / fingerprint.hexdigest()[:24]
 
 
-def load_or_compile(regex: str, vocabulary: Vocabulary, folder: Path) -> Index:
+def load_or_compile(regex: str, vocabulary: Callable[[], Vocabulary], folder: Path) -> Index:
     """The index of `regex`, from the disk cache when an earlier process compiled it (a schema takes 50–100 ms to
     compile on 2 cores, 337 of them 19 s; loading one takes about 1 ms), else compiled and written there."""
     path = folder / (hashlib.sha256(regex.encode()).hexdigest()[:32] + ".pickle")
@@ -76,7 +86,7 @@ def load_or_compile(regex: str, vocabulary: Vocabulary, folder: Path) -> Index:
             return pickle.loads(path.read_bytes())  # written by this function only, in the user's own cache
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError):
             pass  # a damaged file: compile again and replace it
-    index = Index(regex, vocabulary)
+    index = Index(regex, vocabulary())
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(pickle.dumps(index))
@@ -88,9 +98,9 @@ class SchemaGuides:
     def __init__(self, tokenizer: Any, registry: Registry, cache_folder: Path | None = None) -> None:
         """`cache_folder`: compiled indexes on disk there, and none shared with other decoders of the process
         (the bench's cold and cached start-ups); default: the tokenizer's folder in the user's cache."""
-        self.registry = registry
+        self.registry, self.tokenizer = registry, tokenizer
         # _indexes: schema JSON → compiled index
-        self.vocabulary, self._indexes, self._cache_folder = _compiled(tokenizer)
+        self._indexes, self._cache_folder = _compiled(tokenizer)
         if cache_folder is not None:
             self._indexes, self._cache_folder = {}, cache_folder
         self._schemas: dict[str, str] = {}  # function name → its schema as JSON
@@ -104,7 +114,8 @@ class SchemaGuides:
     def index(self, name: str) -> Index:
         key = self.schema_key(name)
         if key not in self._indexes:
-            self._indexes[key] = load_or_compile(arguments_regex(json.loads(key)), self.vocabulary, self._cache_folder)
+            self._indexes[key] = load_or_compile(arguments_regex(json.loads(key)), lambda: _vocabulary(self.tokenizer),
+                                                     self._cache_folder)
         return self._indexes[key]
 
     def guide(self, name: str) -> Guide:
