@@ -5,6 +5,8 @@
   distinct argument schema with outlines into an empty cache (`schemas_compile_s`) and loads them all again
   from it, as the next start-up does (`schemas_from_disk_cache_s`);
 - the router under test readies its schemas as `tvcall serve` does at start-up (`router_schemas_ready_s`);
+- retrieval: how often the gold function is among the name stage's candidates (recall@k objects), over the
+  whole test split;
 - latency: test-split utterances routed one at a time after warm-up, constrained (the router's path) and
   unconstrained (the same model and prompt, greedy over the whole vocabulary until the end of the answer),
   interleaved utterance by utterance so that the machine's drift hits both alike;
@@ -39,6 +41,7 @@ from tvcall.app.schema_guide import SchemaGuides
 from tvcall.data import prompt as P
 from tvcall.data.record import Record, write_atomic
 from tvcall.functions.registry import named_registry
+from tvcall.functions.retrieve import object_key
 
 BENCH_DIR = "bench"
 
@@ -178,6 +181,21 @@ def throughput(engine: TransformersEngine, records: list[Record], concurrency: i
             "concurrency": concurrency}
 
 
+def retrieval_recall(engine: TransformersEngine, records: list[Record]) -> dict[str, Any]:
+    """How often the retriever keeps the gold function among the name stage's candidates (its top-k objects'
+    functions), and ranks its object first, over the in-scope utterances; no retriever: every name is a candidate."""
+    in_scope = [r for r in records if r.function is not None]
+    if engine.retriever is None or not engine.top_objects or not in_scope:
+        return {"retrieval_top_objects": None, "retrieval_recall_at_k": 1.0 if in_scope else None, "retrieval_top1_object": None}
+    kept = first = 0
+    for record in in_scope:
+        found = engine.retriever.retrieve(record.text, engine.top_objects)
+        kept += record.function in found.functions
+        first += bool(found.objects) and found.objects[0] == object_key(record.function)
+    return {"retrieval_top_objects": engine.top_objects, "retrieval_recall_at_k": round(kept / len(in_scope), 4),
+            "retrieval_top1_object": round(first / len(in_scope), 4), "retrieval_utterances": len(in_scope)}
+
+
 def agreement(engine: TransformersEngine, reference: TransformersEngine, records: list[Record]) -> float:
     same = 0
     for record in tqdm(records, desc="reference path", unit="utt"):
@@ -202,6 +220,7 @@ def bench(config: BenchConfig) -> Path:
     schemas_ready_s = time.perf_counter() - started
     test = read_split(config.data, "test")
     records = random.Random(config.seed).sample(test, min(config.utterances, len(test)))
+    recall = retrieval_recall(engine, test)  # the whole test split: retrieval takes milliseconds
     timings = latency(engine, records, config.warmup)
     rates = throughput(engine, records, config.concurrency)
     router_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the reference engine's second model
@@ -210,7 +229,7 @@ def bench(config: BenchConfig) -> Path:
         "run": str(config.run), "data": str(config.data), "registry": config.registry, "registry_functions": len(registry),
         "grammar_ready_s": grammar.get("grammar_ready_s"), "grammar": grammar,
         "router_schemas_ready_s": round(schemas_ready_s, 3),
-        **timings, **rates,
+        **recall, **timings, **rates,
         "fast_vs_reference_agreement": agreement(engine, reference, records),
         "naive_union_compile_s": union.get("compile_s"), "naive_union": union,
         "router_peak_rss_gib": round(router_rss / 2**20, 3),
