@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from tvcall.app.decoder import ConstrainedDecoder, Decoded, TransformersLM
 from tvcall.app.fastlm import FastLlama
@@ -97,13 +96,11 @@ class TransformersEngine(Engine):
         """Load the base model named in the run's config and merge the run's LoRA adapter into it."""
         from peft import PeftModel
 
+        from tvcall.training.export import read_run_config
         from tvcall.training.train import ADAPTER_DIR, RUN_CONFIG
 
-        config_path = Path(run_dir) / RUN_CONFIG
-        if not config_path.exists():
-            raise FileNotFoundError(f"{config_path} missing: train first (`tvcall train`)")
-        config = yaml.safe_load(config_path.read_text())
-        check_prompt_format(config_path, config)
+        config = read_run_config(Path(run_dir))
+        check_prompt_format(Path(run_dir) / RUN_CONFIG, config)
         source = model_source(Path(run_dir), config)  # a full fine-tune or a `tvcall export` folder holds its own weights
         model = load_model(source)
         adapter = Path(run_dir) / ADAPTER_DIR
@@ -120,6 +117,13 @@ class TransformersEngine(Engine):
             engine.retriever.use_classifier(run_classifier(Path(run_dir)))
         engine.decoder.null_bias, engine.decoder.prior_weight = load_calibration(Path(run_dir))
         return engine
+
+    def ready_schemas(self) -> float:
+        """Compile (or load from the disk cache) every argument schema now, at start-up, rather than at a function's
+        first call; the seconds it took."""
+        started = time.perf_counter()
+        self.decoder.guides.compile_all()
+        return time.perf_counter() - started
 
     def route(self, text: str) -> RouteResult:
         return self.route_batch([text])[0]
@@ -163,13 +167,11 @@ def run_registry(run_dir: Path, config: dict[str, Any] | None = None) -> Registr
     """The registry a run was trained over: that of the data folder recorded in its config.yaml (`data_dir`), so an
     imported benchmark's own functions (`registry_for_data`); the shipped registry for synthetic data, or when the
     config records no data folder. `config`: the run's config.yaml when already read."""
+    from tvcall.training.export import read_run_config
     from tvcall.training.train import RUN_CONFIG
 
     path = Path(run_dir) / RUN_CONFIG
-    if config is None:
-        if not path.exists():
-            raise FileNotFoundError(f"{path} missing: train first (`tvcall train`)")
-        config = yaml.safe_load(path.read_text())
+    config = read_run_config(Path(run_dir)) if config is None else config
     data_dir = config.get("data_dir")
     if not data_dir:
         return default_registry()

@@ -86,17 +86,18 @@ class FastLlama:
         self.layers: list[_Layer] = []
         for i in range(config.num_hidden_layers):
             p = f"model.layers.{i}."
+            projections = {  # in the model's own precision: the int8 copies are quantised from these, not from bf16
+                "wqkv": torch.cat([state[p + f"self_attn.{n}_proj.weight"] for n in "qkv"]),
+                "wo": state[p + "self_attn.o_proj.weight"],
+                "wgu": torch.cat([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]]),
+                "wdown": state[p + "mlp.down_proj.weight"],
+            }
             self.layers.append(_Layer(
                 ln1=state[p + "input_layernorm.weight"].to(dtype),
-                wqkv=torch.cat([state[p + f"self_attn.{n}_proj.weight"] for n in "qkv"]).to(dtype).contiguous(),
-                wo=state[p + "self_attn.o_proj.weight"].to(dtype).contiguous(),
                 ln2=state[p + "post_attention_layernorm.weight"].to(dtype),
-                wgu=torch.cat([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]]).to(dtype).contiguous(),
-                wdown=state[p + "mlp.down_proj.weight"].to(dtype).contiguous(),
+                **{name: weight.to(dtype).contiguous() for name, weight in projections.items()},
+                int8={name: Int8Weight.of(weight, dtype) for name, weight in projections.items()} if int8_rows else {},
             ))
-            if int8_rows:
-                last = self.layers[-1]
-                last.int8 = {name: Int8Weight.of(getattr(last, name), dtype) for name in ("wqkv", "wo", "wgu", "wdown")}
         rope = getattr(config, "rope_parameters", None) or {"rope_theta": getattr(config, "rope_theta", 10000.0)}
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"rope type {rope.get('rope_type')} is not supported by FastLlama")
@@ -201,7 +202,7 @@ class FastLlama:
         start = int(starts[0])
         mask = None if single and count == 1 else \
             (torch.arange(span)[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # B × 1 × T × S
-        row_index = rows[:, None].expand(batch, count)
+        row_index = None if single else rows[:, None].expand(batch, count)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         x = self.embed[ids]  # B × T × hidden
         int8 = batch * count <= self.int8_rows

@@ -84,8 +84,8 @@ def load_or_compile(regex: str, vocabulary: Callable[[], Vocabulary], folder: Pa
     if path.exists():
         try:
             return pickle.loads(path.read_bytes())  # written by this function only, in the user's own cache
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError):
-            pass  # a damaged file: compile again and replace it
+        except Exception:  # a damaged or truncated file fails in many ways (AttributeError, IndexError, ...):
+            pass  # compile again and replace it
     index = Index(regex, vocabulary())
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

@@ -46,9 +46,7 @@ def ready_schemas(engine: Engine) -> None:
     from tvcall.app.engine import TransformersEngine
 
     if isinstance(engine, TransformersEngine):
-        started = time.perf_counter()
-        schemas = engine.decoder.guides.compile_all()
-        print(f"{schemas} argument schemas ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        print(f"argument schemas ready in {engine.ready_schemas():.1f} s", file=sys.stderr)
 
 
 def token_from_env() -> str | None:
