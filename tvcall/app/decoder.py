@@ -12,6 +12,10 @@ At the name stage a prior over the candidate names (the retriever's classifier, 
 model's scores as a product of experts: each name token's logit gains `prior_weight` times the log of the prior
 mass under that token relative to its node, so over a whole name the model's log-probability gains
 `prior_weight` × the name's log prior.
+
+The prior's favourite name is also a draft (`ConstrainedDecoder._passes`): its tokens run in the prompt's pass,
+which keeps a head per position, so each decision along it is read off that pass instead of a decode pass of
+its own; where the walk leaves the draft, the rest is dropped from the cache. The choices are the same.
 """
 
 from __future__ import annotations
