@@ -105,27 +105,44 @@ class FastLlama:
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)
         self.cos, self.sin = angles.cos().to(dtype), angles.sin().to(dtype)
-        shape = (len(self.layers), batch, self.kv_heads, max_len, self.head_dim)
-        self.keys, self.values = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
+        self._cache_shape = (len(self.layers), batch, self.kv_heads, max_len, self.head_dim)
+        # allocated at the first `open`: a router builds this object while the transformers model it copies is
+        # still loaded, and the cache (0.18 GiB for 16 sequences) need not add to that moment's peak memory
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
         self.free = list(range(batch))
         self.prefix: list[int] = []
+        self._prefix_keys: torch.Tensor | None = None
+        self._prefix_values: torch.Tensor | None = None
 
     # --- cache ---------------------------------------------------------------------------------
     @property
     def capacity(self) -> int:
-        return self.keys.shape[1]
+        return self._cache_shape[1]
 
     def set_prefix(self, tokens: list[int]) -> None:
-        """Compute once the KV of the prefix every prompt shares (the chat template's system turn)."""
+        """The prefix every prompt shares (the chat template's system turn): its KV is computed once, at the first
+        `open`, and copied into each sequence that starts with it."""
+        self.prefix, self._prefix_keys, self._prefix_values = list(tokens), None, None
+
+    def _cache_prefix(self) -> None:
+        prefix, self.prefix = self.prefix, []  # the slot computing it must not start from a copy of it
         slot = self.open([])
-        self.forward([slot], [list(tokens)])
-        self._prefix_keys = self.keys[:, slot.index, :, : len(tokens)].clone()
-        self._prefix_values = self.values[:, slot.index, :, : len(tokens)].clone()
-        self.close(slot)
-        self.prefix = list(tokens)
+        try:
+            self.forward([slot], [prefix])
+            self._prefix_keys = self.keys[:, slot.index, :, : len(prefix)].clone()
+            self._prefix_values = self.values[:, slot.index, :, : len(prefix)].clone()
+        finally:
+            self.close(slot)
+            self.prefix = prefix
 
     def open(self, prompt: list[int]) -> Slot:
         """A free row of the cache holding the shared prefix (when `prompt` starts with it); the rest is pending."""
+        if self.keys is None:
+            self.keys = torch.zeros(self._cache_shape, dtype=self.dtype)
+            self.values = torch.zeros(self._cache_shape, dtype=self.dtype)
+        if self.prefix and self._prefix_keys is None:
+            self._cache_prefix()
         if not self.free:
             raise RuntimeError(f"all {self.capacity} cache slots are in use")
         slot = Slot(self.free.pop(0), pending=list(prompt))
@@ -222,7 +239,7 @@ class FastLlama:
             qk = self._rope(qk, cos, sin)
             q, k = qk[:, :self.heads], qk[:, self.heads:]
             v = qkv[..., q_size + kv_size:].view(batch, count, self.kv_heads, self.head_dim)
-            keys, values = self.keys[index], self.values[index]  # slots × kv_heads × max_len × D
+            keys, values = self.keys[index], self.values[index]  # slots × kv_heads × max_len × D (allocated by `open`)
             if single:
                 row = slots[0].index
                 keys[row, :, start:start + count] = k[0]
