@@ -172,7 +172,8 @@ class Pass:
     rewind: int = 0
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
@@ -377,7 +378,7 @@ class ConstrainedDecoder:
             if ahead[:len(run)] == run and heads is not None:  # along the draft (or nothing new): no model pass
                 at, ahead = at + len(run), ahead[len(run):]
             else:
-                agreed = _common_prefix(run, ahead)
+                agreed = common_prefix_length(run, ahead)
                 guess = list(draft[len(run):]) if passes == 0 and list(draft[:len(run)]) == run else []
                 heads = yield Pass(run[agreed:] + guess, keep=len(guess) + 1, rewind=len(ahead) - agreed)
                 passes, ahead, at = passes + 1, guess, 0

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tvcall.app.decoder import ConstrainedDecoder, Decoded, TransformersLM
+from tvcall.app.decoder import ConstrainedDecoder, Decoded, TransformersLM, common_prefix_length
 from tvcall.app.fastlm import FastLlama
 from tvcall.data.prompt import PROMPT_FORMAT, prompt_ids
 from tvcall.errors import InputError
@@ -190,8 +190,7 @@ def fast_dtype() -> torch.dtype:
 def shared_prompt_prefix(tokenizer: Any) -> list[int]:
     """The prompt tokens every utterance shares (system turn and the user turn's header)."""
     a, b = prompt_ids(tokenizer, "a"), prompt_ids(tokenizer, "b")
-    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-    return a[:n]
+    return a[:common_prefix_length(a, b)]
 
 
 def load_calibration(run_dir: Path) -> tuple[float, float]:

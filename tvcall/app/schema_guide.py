@@ -100,9 +100,7 @@ class SchemaGuides:
         (the bench's cold and cached start-ups); default: the tokenizer's folder in the user's cache."""
         self.registry, self.tokenizer = registry, tokenizer
         # _indexes: schema JSON → compiled index
-        self._indexes, self._cache_folder = _compiled(tokenizer)
-        if cache_folder is not None:
-            self._indexes, self._cache_folder = {}, cache_folder
+        self._indexes, self._cache_folder = ({}, cache_folder) if cache_folder is not None else _compiled(tokenizer)
         self._schemas: dict[str, str] = {}  # function name → its schema as JSON
 
     def schema_key(self, name: str) -> str:

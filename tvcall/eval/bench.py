@@ -1,9 +1,9 @@
 """`tvcall bench` (`make bench`): what constrained routing costs at registry scale, measured side by side in one run.
 
 - grammar: a fresh process loads a registry (`full`: over 3,000 functions) and the tokenizer and builds the
-  decoder's constraint: the name trie and outlines' vocabulary index (`grammar_ready_s`); then compiles every
-  distinct argument schema with outlines into an empty cache (`schemas_compile_s`) and loads them all again
-  from it, as the next start-up does (`schemas_from_disk_cache_s`);
+  name stage's constraint, the token trie over every name (`grammar_ready_s`); then compiles every distinct
+  argument schema with outlines into an empty cache, building outlines' vocabulary index first
+  (`schemas_compile_s`), and loads them all again from it, as the next start-up does (`schemas_from_disk_cache_s`);
 - the router under test readies its schemas as `tvcall serve` does at start-up (`router_schemas_ready_s`);
 - retrieval: how often the gold function is among the name stage's candidates (recall@k objects), over the
   whole test split;
@@ -81,7 +81,7 @@ def grammar_probe(registry_name: str, model: str) -> dict[str, Any]:
     loaded = time.perf_counter()
     tokenizer = load_tokenizer(model)
     tokenized = time.perf_counter()
-    ConstrainedDecoder(None, tokenizer, registry)  # the name trie over every name, outlines' vocabulary index
+    ConstrainedDecoder(None, tokenizer, registry)  # the name trie over every name (outlines' vocabulary: at the first compile)
     ready = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         schemas = SchemaGuides(tokenizer, registry, Path(folder)).compile_all()  # an empty cache: every one compiled
