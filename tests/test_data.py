@@ -138,3 +138,18 @@ def test_training_records_name_their_phrasing_and_take_a_functions_phrasings_in_
         available = templates_for(registry[name], lang, "train")
         if len(used) <= len(available):  # a function's first records (duplicate texts aside) use distinct phrasings
             assert len(set(used)) >= len(used) - 1, (name, lang, used)
+
+
+def test_training_answers_give_arguments_in_the_order_the_decoder_offers_the_keys(registry, tokenizer):
+    """Imported records keep the utterance's slot order; trained in that order, the decoder (which offers keys in
+    schema order) could never produce a key the model learnt to put first."""
+    from tvcall.data.prompt import training_example
+    from tvcall.data.record import Record
+    from tvcall.training.train import build_dataset
+
+    name = "search.music.by_song"
+    assert list(registry[name].properties) == ["song", "singer"]
+    record = Record(id="r", text="陈奕迅的十年", lang="zh", function=name, arguments={"singer": "陈奕迅", "song": "十年"},
+                    spans=[{"slot": "singer", "start": 0, "end": 3}, {"slot": "song", "start": 4, "end": 6}])
+    row = build_dataset(tokenizer, [record], top_objects=0, registry=registry)[0]
+    assert row["input_ids"] == training_example(tokenizer, record.text, name, {"song": "十年", "singer": "陈奕迅"})["input_ids"]

@@ -77,6 +77,24 @@ def test_decoder_walks_exactly_the_training_tokens(registry, tokenizer):
         assert (decoded.name, decoded.arguments) == (record.function, record.arguments), record.text
 
 
+def test_copy_spans_leave_out_what_overlaps_a_value_already_copied():
+    spans = utterance_spans("play rock games now", taken=[(5, 9)])
+    assert "games" in spans and "games now" in spans
+    assert not {"rock", "rock games", "play rock"} & set(spans)
+    assert "rock" in utterance_spans("rock and rock", taken=[(0, 4)])  # its second occurrence is free
+
+
+def test_one_word_of_the_command_fills_one_slot_at_most(registry, tokenizer):
+    """The model asks for the song's words again as the singer: the copy constraint offers only the rest."""
+    text, name = "播放陈奕迅的十年", "search.music.by_song"
+    decoder = ConstrainedDecoder(lm=None, tokenizer=tokenizer, registry=registry)
+    decoder.lm = _TeacherLM(P.answer_ids(tokenizer, name, {"song": "十年", "singer": "十年"})[:-1], len(tokenizer))
+    decoded = decoder.decode(text)
+    assert decoded.name == name and decoded.arguments["song"] == "十年"
+    singer = decoded.arguments.get("singer")
+    assert singer is None or "十" not in singer and "年" not in singer, decoded.arguments
+
+
 def test_a_drafted_name_saves_passes_and_never_changes_the_call(registry, tokenizer):
     """The prior's favourite name runs with the prompt. Right, the name needs no pass of its own; wrong, the decode
     leaves the draft where the model disagrees, drops the rest from the cache, and still ends on the gold call."""

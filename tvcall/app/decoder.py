@@ -67,8 +67,10 @@ class TokenTrie:
         return frozenset(self.root.children)
 
 
-def utterance_spans(text: str, max_chars: int = MAX_COPY_CHARS) -> list[str]:
-    """Every substring that can be a slot value: trimmed, not cutting through an ASCII word or number."""
+def utterance_spans(text: str, max_chars: int = MAX_COPY_CHARS, taken: Sequence[tuple[int, int]] = ()) -> list[str]:
+    """Every substring that can be a slot value: trimmed, not cutting through an ASCII word or number, and with an
+    occurrence that overlaps none of the `taken` character ranges (the values already copied: each word of a
+    command fills one slot at most)."""
 
     def word_char(c: str) -> bool:
         return c.isascii() and c.isalnum()
@@ -76,13 +78,32 @@ def utterance_spans(text: str, max_chars: int = MAX_COPY_CHARS) -> list[str]:
     def boundary(i: int) -> bool:
         return i in (0, len(text)) or not (word_char(text[i - 1]) and word_char(text[i]))
 
+    def free(i: int, j: int) -> bool:
+        return all(j <= start or end <= i for start, end in taken)
+
     starts = [i for i in range(len(text)) if boundary(i) and not text[i].isspace()]
     spans = []
     for i in starts:
         for j in range(i + 1, min(len(text), i + max_chars) + 1):
-            if boundary(j) and not text[j - 1].isspace():
+            if boundary(j) and not text[j - 1].isspace() and free(i, j):
                 spans.append(text[i:j])
     return list(dict.fromkeys(spans))
+
+
+def free_occurrence(text: str, value: str, taken: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """The first occurrence of `value` in `text` that overlaps none of the `taken` ranges."""
+    start = text.find(value)
+    while start >= 0:
+        end = start + len(value)
+        if all(end <= a or b <= start for a, b in taken):
+            return start, end
+        start = text.find(value, start + 1)
+    return None
+
+
+def copied(schema: dict[str, Any], grounded: list[Any] | None) -> bool:
+    """Whether a value is copied from the utterance: a string that no enum and no grounding normalises."""
+    return not grounded and "enum" not in schema and schema.get("type") not in ("boolean", "integer")
 
 
 @dataclass
@@ -244,8 +265,10 @@ class ConstrainedDecoder:
             self._key_tries[cache_key] = self._trie(alternatives)
         return self._key_tries[cache_key]
 
-    def value_trie(self, schema: dict[str, Any], text: str, grounded: list[Any] | None = None) -> TokenTrie:
-        """What a value may be: `grounded` values when given, else all the schema allows (strings: spans of `text`)."""
+    def value_trie(self, schema: dict[str, Any], text: str, grounded: list[Any] | None = None,
+                   taken: tuple[tuple[int, int], ...] = ()) -> TokenTrie:
+        """What a value may be: `grounded` values when given, else all the schema allows (strings: spans of `text`
+        clear of the `taken` ranges)."""
         if grounded:
             key: tuple[Any, ...] = ("grounded", json.dumps(grounded))
             values: list[Any] = grounded
@@ -256,8 +279,8 @@ class ConstrainedDecoder:
         elif schema.get("type") == "integer":
             low, high = schema["minimum"], schema["maximum"]
             key, values = ("integer", low, high), list(range(low, high + 1))
-        else:
-            key, values = ("copy", text), utterance_spans(text)
+        else:  # copied(schema, grounded)
+            key, values = ("copy", text, taken), utterance_spans(text, taken=taken)
         if key not in self._value_tries:
             if key[0] in ("copy", "grounded") and len(self._value_tries) > 4096:
                 self._value_tries = {k: v for k, v in self._value_tries.items() if k[0] not in ("copy", "grounded")}
@@ -331,6 +354,7 @@ class ConstrainedDecoder:
             walk.guide, walk.function = self.guides.guide(name), name
             walk.feed(self._ids(P.ARGS_OPEN))
             position = -1
+            taken: list[tuple[int, int]] = []  # character ranges of the values copied so far
             while True:
                 key, lp = yield from self._choose(walk, self.key_trie(spec, position, available, filled))
                 logprob += lp
@@ -338,10 +362,12 @@ class ConstrainedDecoder:
                     break
                 position = props.index(key)
                 follow = self.key_trie(spec, position, available, filled).first_tokens()
-                value_trie = self.value_trie(spec.properties[key], text, said.get(key))
+                value_trie = self.value_trie(spec.properties[key], text, said.get(key), tuple(taken))
                 value, lp = yield from self._choose(walk, value_trie, follow)
                 logprob += lp
                 arguments[key] = value
+                if copied(spec.properties[key], said.get(key)) and (place := free_occurrence(text, value, taken)):
+                    taken.append(place)
         if walk.guide is not None and not walk.guide.is_finished():
             raise GuideError(f"{name}: the call ended where the schema has not")
         return Decoded(

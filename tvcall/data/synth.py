@@ -178,8 +178,8 @@ def fill(spec: FunctionSpec, template: str, lang: str, split: str, rng: random.R
     for key, span, value in _said_outright(spec, text, arguments):
         arguments[key] = value
         spans.append(span)
-    ordered = {k: arguments[k] for k in spec.properties if k in arguments}
-    return Record(id=rid, text=text, lang=lang, function=spec.name, arguments=ordered, spans=spans, template=template)
+    return Record(id=rid, text=text, lang=lang, function=spec.name, arguments=spec.in_parameter_order(arguments),
+                  spans=spans, template=template)
 
 
 def _said_outright(spec: FunctionSpec, text: str, arguments: dict[str, Any]) -> list[tuple[str, Span, Any]]:

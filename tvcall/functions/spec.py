@@ -42,6 +42,12 @@ class FunctionSpec(BaseModel):
     def properties(self) -> dict[str, dict[str, Any]]:
         return self.parameters.get("properties", {})
 
+    def in_parameter_order(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """`arguments` in the order of the schema's properties, the order in which the decoder offers the keys (a
+        training answer in any other order teaches keys the decoder has already ruled out); unknown keys last."""
+        order = {key: index for index, key in enumerate(self.properties)}
+        return dict(sorted(arguments.items(), key=lambda item: order.get(item[0], len(order))))
+
     @property
     def required(self) -> list[str]:
         return list(self.parameters.get("required", []))

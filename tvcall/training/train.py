@@ -160,13 +160,16 @@ def own_template_weights(records: list[Record], weight: float, registry: Registr
 def build_dataset(tokenizer: Any, records: list[Record], top_objects: int = DEFAULT_TOP_OBJECTS,
                   retriever: Retriever | None = None, registry: Registry | None = None) -> Dataset:
     """Tokenised examples; each prompt lists the `top_objects` objects retrieved for its text, as at serving time
-    (0: the command alone)."""
+    (0: the command alone). Answers give the arguments in parameter order, whatever order the record has them in
+    (imported records keep the utterance's)."""
+    registry = registry or default_registry()
     if top_objects and retriever is None:
-        retriever = Retriever(registry or default_registry())
+        retriever = Retriever(registry)
     rows = []
     for r in records:
         options = retriever.retrieve(r.text, top_objects, must_include=r.function).options if retriever and top_objects else []
-        rows.append(training_example(tokenizer, r.text, r.function, r.arguments, options))
+        arguments = registry[r.function].in_parameter_order(r.arguments) if r.function else r.arguments
+        rows.append(training_example(tokenizer, r.text, r.function, arguments, options))
     return Dataset.from_list(rows)
 
 
