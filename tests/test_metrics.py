@@ -39,3 +39,17 @@ def test_wrong_value_found_elsewhere_in_text_is_a_located_false_positive(registr
     records = [_rec("play Inception after Up", "media.movie.query_director", {"title": "Inception"}, [("title", 5, 14)])]
     m = score(records, [_pred("media.movie.query_director", {"title": "Up"})], registry)
     assert m["slot_f1"] == 0.0 and m["function_accuracy"] == 1.0 and m["exact_match"] == 0.0
+
+
+def test_a_benchmark_report_prints_the_published_results_beside_ours():
+    from tvcall.cli import benchmark_meta
+    from tvcall.eval.runner import report_markdown
+
+    manifest = {"import": {"name": "atis"}, "unknown_function": "atis.unseen.intent", "unseen": {"test": {"day_name": 2, "x": 1}}}
+    meta = benchmark_meta(manifest, "test")
+    assert meta["benchmark"] == "atis" and meta["unseen_intents"].startswith("3 test utterances of 2 intents")
+    metrics = {"function_accuracy": 0.9, "slot_f1": 0.8, "exact_match": 0.7, "json_valid_rate": 1.0, "schema_valid_rate": 1.0,
+               "oos_precision": 0.0, "oos_recall": 0.0, "latency_ms_p50": 10.0, "latency_ms_p95": 20.0}
+    report = report_markdown(metrics, {}, meta)
+    assert "| tvcall (this run) | 0.900 | 0.800 | 0.700 |" in report and "| JointBERT | 0.975 | 0.961 | 0.882 |" in report
+    assert "## Published" not in report_markdown(metrics, {}, {"run": "r"})

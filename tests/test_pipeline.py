@@ -20,7 +20,8 @@ def test_synth_train_eval_route_end_to_end(tmp_path):
     assert manifest["files"]["train"]["records"] == 64 and manifest["version"]
 
     _tvcall("train", "--data", str(data), "--out", str(run), "--set", "num_train_examples=16",
-            "--set", "per_device_train_batch_size=8", "--set", "logging_steps=1", cwd=tmp_path)
+            "--set", "per_device_train_batch_size=8", "--set", "logging_steps=1",
+            "--set", "checkpoint_examples=[8]", cwd=tmp_path)
     assert (run / ADAPTER_DIR / "adapter_config.json").exists()
     config = (run / RUN_CONFIG).read_text()
     assert f"data_version: {manifest['version']}" in config and "steps: 2" in config
@@ -28,7 +29,10 @@ def test_synth_train_eval_route_end_to_end(tmp_path):
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert any("loss" in entry for entry in log)
 
-    out = _tvcall("eval", "--run", str(run), "--data", str(data), "--threads", "2", cwd=tmp_path).stdout
+    checkpoint = run / "checkpoints" / "examples-000008"
+    assert (checkpoint / ADAPTER_DIR / "adapter_config.json").exists() and "train_examples_seen: 8" in (checkpoint / RUN_CONFIG).read_text()
+
+    out = _tvcall("eval", "--run", str(run), "--data", str(data), "--threads", "2", "--curve", cwd=tmp_path).stdout
     metrics_path = out.strip().splitlines()[-1]
     assert metrics_path.endswith("metrics.json")
     metrics = json.loads(open(metrics_path).read())
@@ -37,6 +41,10 @@ def test_synth_train_eval_route_end_to_end(tmp_path):
         assert key in metrics
     assert metrics["json_valid_rate"] == 1.0 and metrics["schema_valid_rate"] == 1.0 and metrics["n"] == 12
     assert (run / "eval-test" / "report.md").read_text().startswith("# tvcall evaluation")
+    curve = json.loads((run / "eval-test" / "learning_curve.json").read_text())
+    assert [p["train_examples"] for p in curve] == [8, 16]  # the checkpoint, then the run
+    assert json.loads((checkpoint / "eval-test" / "metrics.json").read_text())["n"] == 12
+    assert "Learning curve" in (run / "eval-test" / "report.html").read_text()
 
     routed = json.loads(_tvcall("route", "--run", str(run), "把音量调到20", cwd=tmp_path).stdout)
     assert routed["name"] is None or "arguments" in routed

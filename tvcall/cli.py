@@ -119,6 +119,17 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
                    help="remote: vllm = structured_outputs, openai = response_format json_schema, tools = the server routes (tvcall serve)")
 
 
+def benchmark_meta(manifest: dict[str, Any], split: str) -> dict[str, Any]:
+    """An imported benchmark's name, and how its intents unseen in training were scored (JointBERT's UNK)."""
+    imported = manifest.get("import")
+    if not imported:
+        return {}
+    unseen = manifest.get("unseen", {}).get(split, {})
+    return {"benchmark": imported["name"], "unseen_intents": (
+        f"{sum(unseen.values())} {split} utterances of {len(unseen)} intents unseen in training are labelled "
+        f"{manifest.get('unknown_function')} (JointBERT's UNK): the model cannot name it, so each counts as an error")}
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from tvcall.data.splits import read_manifest, read_split
     from tvcall.eval.runner import LATENCY_SAMPLE, evaluate
@@ -128,7 +139,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.limit:
         records = records[: args.limit]
     engine = _backend_engine(args)
-    meta = {"run": args.run, "split": args.split, "data_version": read_manifest(Path(args.data))["version"]}
+    manifest = read_manifest(Path(args.data))
+    meta = {"run": args.run, "split": args.split, "data_version": manifest["version"], **benchmark_meta(manifest, args.split)}
     if args.backend == "local" and args.split != "dev" and not args.no_calibrate:
         meta |= _calibrated(engine, Path(args.run), Path(args.data))
     out = Path(args.run) / f"eval-{args.split}"
@@ -138,6 +150,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     sample = None if args.one_at_a_time else (LATENCY_SAMPLE if args.latency_sample is None else args.latency_sample)
     path = evaluate(engine, records, Path(args.out or out), meta, sample)
     print((path.parent / "report.md").read_text())
+    if args.curve:
+        from tvcall.eval.curve import learning_curve
+
+        curve = learning_curve(Path(args.run), records, path.parent, meta, engine.decoder.null_bias, engine.decoder.prior_weight)
+        print(f"learning curve: {curve.read_text()}")
     if args.general:
         from tvcall.eval.general import general_check
 
@@ -334,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-sample", type=int, metavar="N",
                    help="calls are routed in batches; N utterances (default 150) are also routed one at a time for latency")
     p.add_argument("--one-at-a-time", action="store_true", help="route every utterance alone, timing each (slower)")
+    p.add_argument("--curve", action="store_true",
+                   help="also evaluate the run's checkpoints (RUN/checkpoints/, from checkpoint_examples) on the same "
+                        "records: learning_curve.json and its plot in the report")
     p.add_argument("--general", action="store_true",
                    help="also answer plain questions with the base model and the fine-tuned one (keyword accuracy, "
                         "BLEU, ROUGE-L) and count the router's abstentions on them: RUN/eval-general/")

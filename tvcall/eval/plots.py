@@ -153,7 +153,7 @@ def learning_curve_figure(points: list[dict[str, Any]]) -> Figure:
     points = sorted(points, key=lambda p: p["train_examples"])
     fig = Figure(figsize=(7, 3.5), layout="constrained")
     ax = fig.subplots()
-    for key in ("function_accuracy", "slot_f1"):
+    for key in ("function_accuracy", "slot_f1", "exact_match"):
         shown = [p for p in points if p.get(key) is not None]
         if shown:
             ax.plot([p["train_examples"] for p in shown], [p[key] for p in shown], marker="o", label=key)

@@ -14,6 +14,7 @@ from tvcall.app.engine import Engine, RouteResult
 from tvcall.data.record import Record, write_atomic
 from tvcall.eval.metrics import Prediction, per_domain, score
 from tvcall.eval.plots import write_html_report
+from tvcall.eval.published import published_section
 
 HEADLINE = ("function_accuracy", "slot_f1", "exact_match", "json_valid_rate", "schema_valid_rate",
             "oos_precision", "oos_recall", "latency_ms_p50", "latency_ms_p95")
@@ -63,6 +64,7 @@ def report_markdown(metrics: dict[str, Any], domains: dict[str, dict[str, Any]],
     for domain, m in domains.items():
         lines.append(f"| {domain} | {m['n']} | {m['function_accuracy']:.3f} | {m['slot_f1']:.3f} | {m['exact_match']:.3f} "
                      f"| {_number(m['latency_ms_p50'], 0)} |")
+    lines += published_section(meta.get("benchmark"), metrics)
     return "\n".join(lines) + "\n"
 
 

@@ -44,6 +44,7 @@ class RunConfig:
     bnb_4bit_compute_dtype: str = "bfloat16"  # qlora only
     deepspeed: str | None = None  # a DeepSpeed JSON file; a bare name (ds_zero3.json) is looked up next to the presets
     max_train_minutes: float | None = None  # stop training (and save) once this budget is spent
+    checkpoint_examples: list[int] | None = None  # save the adapter after these many examples too (the learning curve)
     logging_steps: int = 10
     seed: int = 0
     data_dir: str = "runs/data"

@@ -53,6 +53,43 @@ class TimeBudget(TrainerCallback):
             self.stopped_at_step = state.global_step
 
 
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def checkpoint_dir(run_dir: Path, examples: int) -> Path:
+    return run_dir / CHECKPOINTS_DIR / f"examples-{examples:06d}"
+
+
+class ExampleCheckpoints(TrainerCallback):
+    """Saves the adapter once `counts` training examples have been seen, each in a run folder of its own under
+    RUN/checkpoints/ (`link_checkpoints` completes them after training), for `tvcall eval --curve`."""
+
+    def __init__(self, run_dir: Path, counts: list[int]) -> None:
+        self.run_dir, self.pending = run_dir, sorted(counts)
+        self.saved: dict[int, int] = {}  # examples → step
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        seen = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        while self.pending and seen >= self.pending[0] and not control.should_training_stop:
+            examples = self.pending.pop(0)
+            if state.is_world_process_zero:
+                kwargs["model"].save_pretrained(str(checkpoint_dir(self.run_dir, examples) / ADAPTER_DIR))
+            self.saved[examples] = state.global_step
+
+
+def link_checkpoints(run_dir: Path, saved: dict[int, int], run_config: dict[str, Any]) -> None:
+    """Each checkpoint becomes a run folder: the run's config with its own count of examples and a link to the run's
+    classifier (the curve varies the adapter alone)."""
+    for examples, step in saved.items():
+        folder = checkpoint_dir(run_dir, examples)
+        config = {**run_config, "train_examples_seen": examples, "steps": step, "output_dir": str(folder)}
+        write_atomic(folder / RUN_CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        if (run_dir / CLASSIFIER_FILE).exists():
+            link = folder / CLASSIFIER_FILE
+            link.unlink(missing_ok=True)
+            link.symlink_to(Path("..", "..", CLASSIFIER_FILE))
+
+
 BUDGET_SCHEDULES = ("cosine", "linear")
 
 
@@ -231,6 +268,7 @@ def train(config: RunConfig) -> Path:
     retriever = train_retriever(registry, train_split, config.seed, run_dir) if config.retrieval_top_objects else None
     dataset = build_dataset(tokenizer, records, config.retrieval_top_objects if config.prompt_options else 0, retriever, registry)
     budget = TimeBudget(config.max_train_minutes or math.inf)
+    checkpoints = ExampleCheckpoints(run_dir, config.checkpoint_examples or [])
     args = SFTConfig(
         output_dir=str(run_dir / "trainer"),
         per_device_train_batch_size=config.per_device_train_batch_size,
@@ -258,7 +296,7 @@ def train(config: RunConfig) -> Path:
     trainer = trainer_class(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=lora_config(config, model) if config.method in ("lora", "qlora") else None,
-        callbacks=[budget],
+        callbacks=[budget, checkpoints],
     )
     trainer.budget = budget if config.max_train_minutes else None
     started = time.monotonic()
@@ -280,6 +318,8 @@ def train(config: RunConfig) -> Path:
         "param_bytes": state_bytes(trainer.model),
         "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3) if torch.cuda.is_available() else None,
     }
-    write_atomic(run_dir / RUN_CONFIG, yaml.safe_dump({**config.to_dict(), **summary}, sort_keys=False, allow_unicode=True))
+    run_config = {**config.to_dict(), **summary}
+    write_atomic(run_dir / RUN_CONFIG, yaml.safe_dump(run_config, sort_keys=False, allow_unicode=True))
+    link_checkpoints(run_dir, checkpoints.saved, run_config)
     write_atomic(run_dir / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in trainer.state.log_history))
     return run_dir

@@ -1,0 +1,56 @@
+"""The learning curve: a run's checkpoints (`checkpoint_examples`, saved under RUN/checkpoints/) evaluated on the
+records the run itself was evaluated on, with the run's own name prior and abstention bias, so that only the
+adapter differs from point to point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tvcall.data.record import Record, write_atomic
+from tvcall.eval.plots import write_html_report
+from tvcall.eval.runner import evaluate
+from tvcall.training.export import read_run_config
+from tvcall.training.train import CHECKPOINTS_DIR
+
+CURVE_FILE = "learning_curve.json"
+
+
+def examples_seen(run_dir: Path) -> int:
+    """Training examples the run (or checkpoint) has seen: recorded for a checkpoint, else steps × batch."""
+    config = read_run_config(run_dir)
+    if config.get("train_examples_seen"):
+        return int(config["train_examples_seen"])
+    return int(config["steps"]) * int(config["per_device_train_batch_size"]) * int(config.get("gradient_accumulation_steps", 1))
+
+
+def checkpoint_runs(run_dir: Path) -> list[Path]:
+    return sorted(p for p in (run_dir / CHECKPOINTS_DIR).glob("examples-*") if p.is_dir())
+
+
+def curve_point(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"train_examples": examples_seen(run_dir), "run": str(run_dir),
+            **{key: metrics[key] for key in ("function_accuracy", "slot_f1", "exact_match")}}
+
+
+def learning_curve(run_dir: Path, records: list[Record], eval_dir: Path, meta: dict[str, Any],
+                   null_bias: float, prior_weight: float) -> Path:
+    """Evaluates every checkpoint of `run_dir` (no latency sample), adds the run's own point from `eval_dir`, and
+    writes `eval_dir/learning_curve.json` and the HTML report with the curve drawn."""
+    from tvcall.app.engine import TransformersEngine, release_freed_memory
+
+    points = []
+    for checkpoint in checkpoint_runs(run_dir):
+        engine = TransformersEngine.from_run(checkpoint)
+        engine.decoder.null_bias, engine.decoder.prior_weight = null_bias, prior_weight
+        path = evaluate(engine, records, checkpoint / eval_dir.name, {**meta, "run": str(checkpoint)}, latency_sample=0)
+        points.append(curve_point(checkpoint, json.loads(path.read_text())))
+        del engine
+        release_freed_memory()
+    points.append(curve_point(run_dir, json.loads((eval_dir / "metrics.json").read_text())))
+    points.sort(key=lambda p: p["train_examples"])
+    path = eval_dir / CURVE_FILE
+    write_atomic(path, json.dumps(points, indent=1) + "\n")
+    write_html_report(eval_dir, points)
+    return path
