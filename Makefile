@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA := runs/data
 RUN := runs/cpu-default
 
-.PHONY: setup system-packages data train eval bench route serve demo test lint clean
+.PHONY: setup system-packages data train eval bench bench-public bench-snips bench-atis bench-cais route serve demo test lint clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,34 @@ eval: $(STAMP)
 
 bench: $(STAMP)
 	$(TVCALL) bench --run $(RUN) --data $(DATA)
+
+# Public benchmarks (docs/benchmarks.md): import from ../shared/benchmarks (the data stays there), train the CPU default
+# within each set's budget (minutes; the clock ends a run planned for more epochs) with checkpoints for the learning curve, evaluate with the curve and the published
+# results beside ours. `make bench-snips` runs one set.
+BENCH_SRC ?= ../shared/benchmarks
+BENCH_FORMAT_snips := bio
+BENCH_FORMAT_atis := bio
+BENCH_FORMAT_cais := conll
+BENCH_MINUTES_snips := 45
+BENCH_MINUTES_atis := 40
+BENCH_MINUTES_cais := 45
+BENCH_EPOCHS_snips := 1
+BENCH_EPOCHS_atis := 3
+BENCH_EPOCHS_cais := 2
+BENCH_CHECKPOINTS_snips := [1000,2000,4000]
+BENCH_CHECKPOINTS_atis := [500,1000,2000]
+BENCH_CHECKPOINTS_cais := [1000,2000,4000]
+
+bench-public: bench-snips bench-atis bench-cais
+
+runs/bench/%/manifest.json: $(STAMP)
+	$(TVCALL) data import --format $(BENCH_FORMAT_$*) $(BENCH_SRC)/$* --out runs/bench/$* --name $*
+
+bench-snips bench-atis bench-cais: bench-%: runs/bench/%/manifest.json
+	$(TVCALL) train --config cpu-default --data runs/bench/$* --out runs/$* --set max_train_minutes=$(BENCH_MINUTES_$*) \
+		--set num_train_examples=1000000 --set num_train_epochs=$(BENCH_EPOCHS_$*) \
+		--set "checkpoint_examples=$(BENCH_CHECKPOINTS_$*)"
+	$(TVCALL) eval --run runs/$* --curve
 
 route: $(STAMP)
 	$(TVCALL) route --run $(RUN) "$(TEXT)"

@@ -37,7 +37,7 @@ from tvcall.functions.registry import Registry
 from tvcall.functions.spec import FunctionSpec
 
 _CLOSE = object()  # marker: no more arguments
-MAX_COPY_CHARS = 48  # longest string slot value copied from an utterance
+MAX_COPY_CHARS = 100  # longest string slot value copied from an utterance (SNIPS has playlist names of 99)
 
 
 class TrieNode:

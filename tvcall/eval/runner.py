@@ -48,7 +48,7 @@ def predict(engine: Engine, records: list[Record], warmup: int = 3, latency_samp
         alone = engine.route(records[i].text)
         agree += (alone.name, alone.arguments) == (preds[i].name, preds[i].arguments)
         preds[i].latency_ms = alone.latency_ms
-    return preds, {"latency_n": len(timed), "batched_vs_single_agreement": round(agree / max(1, len(timed)), 4)}
+    return preds, {"latency_n": len(timed), "batched_vs_single_agreement": round(agree / len(timed), 4) if timed else None}
 
 
 def _number(value: float | None, digits: int) -> str:
