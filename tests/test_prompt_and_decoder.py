@@ -95,6 +95,15 @@ def test_one_word_of_the_command_fills_one_slot_at_most(registry, tokenizer):
     assert singer is None or "十" not in singer and "年" not in singer, decoded.arguments
 
 
+def test_once_every_word_is_copied_no_further_copied_key_is_offered(registry, tokenizer):
+    """The song took the whole command; the model asks for a singer too: the call closes instead of failing."""
+    text, name = "十年", "search.music.by_song"
+    decoder = ConstrainedDecoder(lm=None, tokenizer=tokenizer, registry=registry)
+    decoder.lm = _TeacherLM(P.answer_ids(tokenizer, name, {"song": "十年", "singer": "十年"})[:-1], len(tokenizer))
+    decoded = decoder.decode(text)
+    assert (decoded.name, decoded.arguments) == (name, {"song": "十年"})
+
+
 def test_a_drafted_name_saves_passes_and_never_changes_the_call(registry, tokenizer):
     """The prior's favourite name runs with the prompt. Right, the name needs no pass of its own; wrong, the decode
     leaves the draft where the model disagrees, drops the rest from the cache, and still ends on the gold call."""

@@ -279,8 +279,8 @@ class ConstrainedDecoder:
         elif schema.get("type") == "integer":
             low, high = schema["minimum"], schema["maximum"]
             key, values = ("integer", low, high), list(range(low, high + 1))
-        else:  # copied(schema, grounded)
-            key, values = ("copy", text, taken), utterance_spans(text, taken=taken)
+        else:  # copied(schema, grounded); a required key with every word taken may overlap after all
+            key, values = ("copy", text, taken), utterance_spans(text, taken=taken) or utterance_spans(text)
         if key not in self._value_tries:
             if key[0] in ("copy", "grounded") and len(self._value_tries) > 4096:
                 self._value_tries = {k: v for k, v in self._value_tries.items() if k[0] not in ("copy", "grounded")}
@@ -356,6 +356,8 @@ class ConstrainedDecoder:
             position = -1
             taken: list[tuple[int, int]] = []  # character ranges of the values copied so far
             while True:
+                if taken and not utterance_spans(text, taken=taken):  # every word is in a value: no more copies
+                    available = frozenset(k for k in available if not copied(spec.properties[k], said.get(k)))
                 key, lp = yield from self._choose(walk, self.key_trie(spec, position, available, filled))
                 logprob += lp
                 if key is _CLOSE:
