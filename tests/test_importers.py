@@ -323,3 +323,14 @@ def test_real_smp2019(tmp_path: Path) -> None:
     assert sum(f["records"] for f in manifest["files"].values()) == 2579
     assert manifest["registry"] == 48 and not manifest["unseen"]
     assert manifest == json.loads(import_dataset("smp2019", real("smp2019_ecdt_task1"), tmp_path / "again", name="smp2019").read_text())
+
+
+def test_benchmark_parameters_follow_the_order_utterances_say_them(tmp_path: Path) -> None:
+    """The decoder offers keys in schema order: the catalog puts the slot said first first, not the alphabet's."""
+    rows = [("flights from zurich at noon", "O O B-zcity O B-atime", "flight"),
+            ("from geneva after ten", "O B-zcity O B-atime", "flight"),
+            ("at nine", "O B-atime", "flight")]
+    for split in ("train", "valid", "test"):
+        write_bio(tmp_path / "set" / split, rows)
+    import_dataset("bio", tmp_path / "set", tmp_path / "out", name="toy")
+    assert list(load_benchmark_registry(tmp_path / "out")["toy.intent.flight"].properties) == ["zcity", "atime"]

@@ -9,6 +9,7 @@ the bilingual format validates (synthesising in that language makes no sense).
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,23 @@ def templates(records: list[Record], fallback: str) -> dict[str, list[str]]:
     return by_lang
 
 
+def utterance_order(records: list[Record]) -> list[str]:
+    """The parameters in the order utterances say them: by the median relative start of their spans (ties by name).
+    The decoder offers keys in this order, so the model copies the values left to right as it reads them
+    (alphabetical order made it write ATIS's `depart_time_time` before the `time_relative` said ahead of it)."""
+    starts: dict[str, list[float]] = {}
+    for record in records:
+        for span in record.spans:
+            if span.slot in record.arguments:
+                starts.setdefault(span.slot, []).append(span.start / max(1, len(record.text)))
+    for record in records:  # a value without a span (chat data) sorts last
+        for param in record.arguments:
+            starts.setdefault(param, [1.0])
+    return sorted(starts, key=lambda p: (statistics.median(starts[p]), p))
+
+
 def function_node(function: str, records: list[Record], label: str, slots: dict[str, str], source: Path) -> dict[str, Any]:
-    params = sorted({p for r in records for p in r.arguments})
+    params = utterance_order(records)
     text = descriptions(function, label)
     return {
         "name": function, "zh": text["zh"], "en": text["en"],
