@@ -119,3 +119,14 @@ def test_answer_loss_equals_the_models_own_loss_over_the_answer_tokens(base_mode
         reference = base_model(input_ids=ids, attention_mask=mask, labels=labels).loss
     assert loss.item() == pytest.approx(reference.item(), rel=1e-4)
     assert 0.0 <= accuracy.item() <= 1.0
+
+
+def test_training_into_a_used_run_folder_drops_what_described_the_old_adapter(tmp_path):
+    from tvcall.training.train import CALIBRATION_FILE, CHECKPOINTS_DIR, clear_stale_outputs
+
+    (tmp_path / CALIBRATION_FILE).write_text("{}")
+    (tmp_path / CHECKPOINTS_DIR / "examples-000008").mkdir(parents=True)
+    (tmp_path / "classifier.joblib").write_text("kept: training overwrites it")
+    clear_stale_outputs(tmp_path)
+    assert not (tmp_path / CALIBRATION_FILE).exists() and not (tmp_path / CHECKPOINTS_DIR).exists()
+    assert (tmp_path / "classifier.joblib").exists()

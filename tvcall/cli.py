@@ -207,9 +207,9 @@ def _run_data_dir(run_dir: Path) -> str:
 
 def _calibrated(engine: Any, run_dir: Path, data_dir: Path) -> dict[str, Any]:
     """The run's abstention bias, chosen on the dev split once and kept in the run folder."""
-    from tvcall.app.engine import CALIBRATION_FILE
     from tvcall.data.splits import read_split
     from tvcall.eval.calibrate import calibrate, save
+    from tvcall.training.train import CALIBRATION_FILE
 
     if not (run_dir / CALIBRATION_FILE).exists():
         dev = read_split(data_dir, "dev")

@@ -23,7 +23,6 @@ from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever, run_classi
 from tvcall.functions.validate import call_errors
 from tvcall.training.model import load_model, load_tokenizer, model_source
 
-CALIBRATION_FILE = "calibration.json"  # in a run folder: the abstention bias chosen on dev (tvcall.eval.calibrate)
 MAX_PROMPT_TOKENS = 384  # the fast path's cache holds 512 tokens: room for the longest answer after the prompt
 FAST_BATCH = 16  # sequences the fast path decodes together: the router batches up to 16 requests
 INT8_DECODE_ROWS = 16  # passes of up to this many tokens run on the fast path's int8 weights (`FastLlama.int8_rows`)
@@ -195,6 +194,8 @@ def shared_prompt_prefix(tokenizer: Any) -> list[int]:
 
 def load_calibration(run_dir: Path) -> tuple[float, float]:
     """(null bias, prior weight) chosen on dev; none chosen yet: (0, 0)."""
+    from tvcall.training.train import CALIBRATION_FILE
+
     path = Path(run_dir) / CALIBRATION_FILE
     if not path.exists():
         return 0.0, 0.0

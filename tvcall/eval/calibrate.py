@@ -14,8 +14,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tvcall.app.engine import CALIBRATION_FILE, TransformersEngine
+from tvcall.app.engine import TransformersEngine
 from tvcall.data.record import Record, write_atomic
+from tvcall.training.train import CALIBRATION_FILE
 
 
 @dataclass

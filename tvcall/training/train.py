@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,6 +31,7 @@ from tvcall.training.model import load_tokenizer
 
 ADAPTER_DIR = "adapter"
 RUN_CONFIG = "config.yaml"
+CALIBRATION_FILE = "calibration.json"  # the prior weight and abstention bias chosen on dev at the first eval
 
 
 class TimeBudget(TrainerCallback):
@@ -54,6 +56,13 @@ class TimeBudget(TrainerCallback):
 
 
 CHECKPOINTS_DIR = "checkpoints"
+
+
+def clear_stale_outputs(run_dir: Path) -> None:
+    """What an earlier run in this folder left that describes its own adapter: the calibration (the eval would keep
+    it rather than choose one for the new adapter) and its checkpoints (the learning curve would mix them in)."""
+    (run_dir / CALIBRATION_FILE).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / CHECKPOINTS_DIR, ignore_errors=True)
 
 
 def checkpoint_dir(run_dir: Path, examples: int) -> Path:
@@ -255,6 +264,7 @@ def train(config: RunConfig) -> Path:
     torch.manual_seed(config.seed)
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    clear_stale_outputs(run_dir)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     data_dir = Path(config.data_dir)  # recorded in config.yaml as data_dir: serving loads the same registry from it
     manifest = read_manifest(data_dir)
