@@ -78,16 +78,18 @@ def utterance_spans(text: str, max_chars: int = MAX_COPY_CHARS, taken: Sequence[
     def boundary(i: int) -> bool:
         return i in (0, len(text)) or not (word_char(text[i - 1]) and word_char(text[i]))
 
-    def free(i: int, j: int) -> bool:
-        return all(j <= start or end <= i for start, end in taken)
-
     starts = [i for i in range(len(text)) if boundary(i) and not text[i].isspace()]
     spans = []
     for i in starts:
         for j in range(i + 1, min(len(text), i + max_chars) + 1):
-            if boundary(j) and not text[j - 1].isspace() and free(i, j):
+            if boundary(j) and not text[j - 1].isspace() and clear_of(i, j, taken):
                 spans.append(text[i:j])
     return list(dict.fromkeys(spans))
+
+
+def clear_of(start: int, end: int, taken: Sequence[tuple[int, int]]) -> bool:
+    """Whether the range start:end overlaps none of the `taken` ranges."""
+    return all(end <= a or b <= start for a, b in taken)
 
 
 def free_occurrence(text: str, value: str, taken: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
@@ -95,7 +97,7 @@ def free_occurrence(text: str, value: str, taken: Sequence[tuple[int, int]]) -> 
     start = text.find(value)
     while start >= 0:
         end = start + len(value)
-        if all(end <= a or b <= start for a, b in taken):
+        if clear_of(start, end, taken):
             return start, end
         start = text.find(value, start + 1)
     return None
@@ -356,8 +358,6 @@ class ConstrainedDecoder:
             position = -1
             taken: list[tuple[int, int]] = []  # character ranges of the values copied so far
             while True:
-                if taken and not utterance_spans(text, taken=taken):  # every word is in a value: no more copies
-                    available = frozenset(k for k in available if not copied(spec.properties[k], said.get(k)))
                 key, lp = yield from self._choose(walk, self.key_trie(spec, position, available, filled))
                 logprob += lp
                 if key is _CLOSE:
@@ -370,6 +370,8 @@ class ConstrainedDecoder:
                 arguments[key] = value
                 if copied(spec.properties[key], said.get(key)) and (place := free_occurrence(text, value, taken)):
                     taken.append(place)
+                    if not utterance_spans(text, taken=taken):  # every word is in a value: no more copies
+                        available = frozenset(k for k in available if not copied(spec.properties[k], said.get(k)))
         if walk.guide is not None and not walk.guide.is_finished():
             raise GuideError(f"{name}: the call ended where the schema has not")
         return Decoded(
