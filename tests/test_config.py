@@ -1,3 +1,4 @@
+import dataclasses
 import random
 import time
 from collections import Counter
@@ -6,6 +7,7 @@ import pytest
 
 from tvcall.errors import InputError
 from tvcall.training.config import load_config
+from tvcall.training.train import on_this_machine
 
 
 def test_cpu_default_preset_loads_and_overrides_apply():
@@ -130,3 +132,15 @@ def test_training_into_a_used_run_folder_drops_what_described_the_old_adapter(tm
     clear_stale_outputs(tmp_path)
     assert not (tmp_path / CALIBRATION_FILE).exists() and not (tmp_path / CHECKPOINTS_DIR).exists()
     assert (tmp_path / "classifier.joblib").exists()
+
+
+def test_a_cpu_without_native_bf16_trains_the_preset_in_float32():
+    preset = load_config("cpu-default")
+    assert preset.bf16 and preset.dtype == "bfloat16"
+    emulated = on_this_machine(preset, gpu=False, bf16_native=False)
+    assert (emulated.bf16, emulated.dtype) == (False, "float32")
+    assert emulated.learning_rate == preset.learning_rate and emulated.model == preset.model
+    assert on_this_machine(preset, gpu=False, bf16_native=True) == preset
+    assert on_this_machine(preset, gpu=True, bf16_native=False) == preset
+    qlora = dataclasses.replace(preset, method="qlora")
+    assert on_this_machine(qlora, gpu=False, bf16_native=False) == qlora  # bitsandbytes picks its own compute dtype

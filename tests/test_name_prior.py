@@ -80,7 +80,7 @@ class _FakeEngine:
         self.decoder = SimpleNamespace(prior_weight=0.0, null_bias=0.0)
         self.retriever = SimpleNamespace(classifier=object())
 
-    def route_batch(self, texts):
+    def route_batch(self, texts, name_only=False):
         names = self.answers[self.decoder.prior_weight]
         return [SimpleNamespace(name=n, null_margin=-5.0) for n in names]
 

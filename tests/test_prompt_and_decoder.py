@@ -208,6 +208,18 @@ def test_batched_routing_equals_one_at_a_time(registry, tokenizer, base_model):
     assert [reference.route(t).call() for t in texts] == single
 
 
+def test_names_only_routing_chooses_the_names_a_whole_decode_chooses(registry, tokenizer, base_model):
+    """Calibration decodes the names alone: same names and "no function" margins, no arguments, fewer passes."""
+    engine = TransformersEngine(base_model, tokenizer, registry, backend="fast", dtype=torch.float32)
+    texts = ["把音量调到20", "switch to HDMI 2", "霸王别姬的导演是谁", "write me a poem", "set a sleep timer for 30 minutes"]
+    whole, names = engine.route_batch(texts), engine.route_batch(texts, name_only=True)
+    assert [r.name for r in names] == [r.name for r in whole]
+    assert [r.null_margin for r in names] == pytest.approx([r.null_margin for r in whole])
+    assert all(r.arguments == {} and r.errors == [] for r in names)
+    assert any(r.name is not None for r in names) and any(r.arguments for r in whole)
+    assert sum(r.stats["model_calls"] for r in names) < sum(r.stats["model_calls"] for r in whole)
+
+
 def test_drafted_names_give_the_same_calls_with_the_real_model(registry, tokenizer, base_model):
     """Batched, with drafts right for some utterances and wrong for others: the calls are those decoded without
     drafts, in fewer passes."""

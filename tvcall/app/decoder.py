@@ -273,21 +273,34 @@ class ConstrainedDecoder:
         clear of the `taken` ranges)."""
         if grounded:
             key: tuple[Any, ...] = ("grounded", json.dumps(grounded))
-            values: list[Any] = grounded
         elif "enum" in schema:
-            key, values = ("enum", tuple(schema["enum"])), list(schema["enum"])
+            key = ("enum", tuple(schema["enum"]))
         elif schema.get("type") == "boolean":
-            key, values = ("boolean",), [True, False]
+            key = ("boolean",)
         elif schema.get("type") == "integer":
-            low, high = schema["minimum"], schema["maximum"]
-            key, values = ("integer", low, high), list(range(low, high + 1))
-        else:  # copied(schema, grounded); a required key with every word taken may overlap after all
-            key, values = ("copy", text, taken), utterance_spans(text, taken=taken) or utterance_spans(text)
+            key = ("integer", schema["minimum"], schema["maximum"])
+        else:  # copied(schema, grounded)
+            key = ("copy", text, taken)
         if key not in self._value_tries:
             if key[0] in ("copy", "grounded") and len(self._value_tries) > 4096:
                 self._value_tries = {k: v for k, v in self._value_tries.items() if k[0] not in ("copy", "grounded")}
-            self._value_tries[key] = self._trie([(P.value_segment(v), v) for v in values])
+            self._value_tries[key] = self._trie([(P.value_segment(v), v) for v in self._allowed_values(key, grounded)])
         return self._value_tries[key]
+
+    @staticmethod
+    def _allowed_values(key: tuple[Any, ...], grounded: list[Any] | None) -> list[Any]:
+        """The values a `value_trie` cache key stands for (computed on a cache miss only: this is the hot path)."""
+        kind = key[0]
+        if kind == "grounded":
+            return list(grounded or [])
+        if kind == "enum":
+            return list(key[1])
+        if kind == "boolean":
+            return [True, False]
+        if kind == "integer":
+            return list(range(key[1], key[2] + 1))
+        text, taken = key[1], key[2]  # a required key with every word taken may overlap after all
+        return utterance_spans(text, taken=taken) or utterance_spans(text)
 
     @staticmethod
     def _choose(walk: _Walk, trie: TokenTrie, follow: frozenset[int] = frozenset(),
@@ -336,9 +349,10 @@ class ConstrainedDecoder:
         """Names narrowed to `candidates` (retrieved functions); "no function" stays allowed."""
         return TokenTrie((self._name_ids[n], n) for n in [*candidates, None] if n in self._name_ids)
 
-    def _steps(self, text: str, candidates: Sequence[str] | None,
-               prior: dict[str | None, float] | None = None) -> Generator[Step, torch.Tensor, Decoded]:
-        """One decode as a coroutine: yields what to run and score, receives the scores."""
+    def _steps(self, text: str, candidates: Sequence[str] | None, prior: dict[str | None, float] | None = None,
+               name_only: bool = False) -> Generator[Step, torch.Tensor, Decoded]:
+        """One decode as a coroutine: yields what to run and score, receives the scores. `name_only`: stop once the
+        name is chosen (no arguments); the name is the one a whole decode would choose."""
         walk = _Walk(pending=list(self._ids(P.NAME_OPEN)))
         names = self.name_trie if candidates is None else self.candidate_trie(candidates)
         null_first = self._name_ids[None][0]
@@ -346,7 +360,7 @@ class ConstrainedDecoder:
                                                      prior=(prior, self.prior_weight) if prior else None)
         logprob = name_logprob
         arguments: dict[str, Any] = {}
-        if name is not None:
+        if name is not None and not name_only:
             spec = self.registry[name]
             props = list(spec.properties)
             matches = said_matches(spec, text)
@@ -422,21 +436,23 @@ class ConstrainedDecoder:
         return self.decode_batch([text], [candidates], [options], [prior])[0]
 
     def decode_batch(self, texts: Sequence[str], candidates: Sequence[Sequence[str] | None],
-                     options: Sequence[Sequence[str]], priors: Sequence[dict[str | None, float] | None] | None = None) -> list[Decoded]:
-        """Decode several utterances together: each model step runs every sequence that needs one at once."""
+                     options: Sequence[Sequence[str]], priors: Sequence[dict[str | None, float] | None] | None = None,
+                     name_only: bool = False) -> list[Decoded]:
+        """Decode several utterances together: each model step runs every sequence that needs one at once.
+        `name_only`: decode the names alone (see `_steps`)."""
         priors = priors if priors is not None else [None] * len(texts)
         results: list[Decoded] = []
         for start in range(0, len(texts), self.lm.capacity):
             chunk = range(start, min(len(texts), start + self.lm.capacity))
             results += self._decode_chunk([texts[i] for i in chunk], [candidates[i] for i in chunk],
-                                          [options[i] for i in chunk], [priors[i] for i in chunk])
+                                          [options[i] for i in chunk], [priors[i] for i in chunk], name_only)
         return results
 
     def _decode_chunk(self, texts: list[str], candidates: list[Sequence[str] | None], options: list[Sequence[str]],
-                      priors: list[dict[str | None, float] | None]) -> list[Decoded]:
+                      priors: list[dict[str | None, float] | None], name_only: bool = False) -> list[Decoded]:
         sessions = [self.lm.open(P.prompt_ids(self.tokenizer, t, o)) for t, o in zip(texts, options, strict=True)]
         try:
-            walks = [self._passes(self._steps(t, c, p), self._draft(c, p))
+            walks = [self._passes(self._steps(t, c, p, name_only), self._draft(c, p))
                      for t, c, p in zip(texts, candidates, priors, strict=True)]
             passes: list[Pass | None] = [next(w) for w in walks]
             results: list[Decoded | None] = [None] * len(walks)

@@ -4,7 +4,8 @@
 The decoder records, for every utterance, the logit of "no function" minus that of the best name at the first
 name token (`null_margin`). With a bias b added to the "no function" logit, an utterance abstains exactly when
 margin + b > 0, and otherwise decodes as it did unbiased; so one unbiased pass over dev scores every b. The prior
-weight changes the decode itself: one pass per weight in `PRIOR_WEIGHTS`.
+weight changes the decode itself: one pass per weight in `PRIOR_WEIGHTS`, of the names alone (a whole decode
+chooses the same name; the arguments were most of the time).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def calibrate(engine: TransformersEngine, records: list[Record], weights: tuple[
     tried: list[tuple[float, float, float, float]] = []  # (weight, bias, accuracy, accuracy unbiased)
     for weight in weights if has_prior else (0.0,):
         engine.decoder.prior_weight = weight
-        results = engine.route_batch(texts)  # latency is not measured here: batch it
+        results = engine.route_batch(texts, name_only=True)  # only the names count here: batched, no arguments
         margins, names = [r.null_margin for r in results], [r.name for r in results]
         bias = choose_null_bias(margins, names, golds)
         tried.append((weight, bias, accuracy_at(bias, margins, names, golds), accuracy_at(0.0, margins, names, golds)))

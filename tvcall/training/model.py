@@ -78,6 +78,12 @@ def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(resolve_model_path(model))
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 / AMX). Without it bf16 is emulated: a LoRA step of the
+    CPU default (12 × 70 tokens) took 201 s in bf16 autocast against 7 s in fp32 on an AVX2-only AMD EPYC."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def load_model(model: str, dtype: torch.dtype = torch.float32, **kwargs: Any) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(resolve_model_path(model), dtype=dtype, **kwargs)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,7 +29,7 @@ from tvcall.functions.registry import DATA_CATALOG_DIR, Registry, default_regist
 from tvcall.functions.retrieve import CLASSIFIER_FILE, DEFAULT_TOP_OBJECTS, Retriever, fit_classifier
 from tvcall.training.config import RunConfig
 from tvcall.training.loading import build_model, deepspeed_path, state_bytes
-from tvcall.training.model import load_tokenizer
+from tvcall.training.model import cpu_bf16_native, load_tokenizer
 
 ADAPTER_DIR = "adapter"
 RUN_CONFIG = "config.yaml"
@@ -260,7 +262,23 @@ def optional_args(config: RunConfig) -> dict[str, Any]:
     return {key: value for key, value in extra.items() if value is not None}
 
 
+HALF_DTYPES = ("bfloat16", "float16")
+
+
+def on_this_machine(config: RunConfig, gpu: bool | None = None, bf16_native: bool | None = None) -> RunConfig:
+    """The config as this machine runs it: a CPU without native bf16 trains in fp32 (bf16 autocast and 16-bit
+    weights are emulated there, 29× slower a step: `cpu_bf16_native`). The resolved config.yaml records it."""
+    gpu = torch.cuda.is_available() if gpu is None else gpu
+    native = cpu_bf16_native() if bf16_native is None else bf16_native
+    if gpu or native or not (config.bf16 or config.dtype in HALF_DTYPES) or config.method == "qlora":
+        return config
+    print(f"tvcall train: this CPU has no native bf16 (AVX512-BF16/AMX): training in float32, not bf16={config.bf16} "
+          f"dtype={config.dtype}", file=sys.stderr)
+    return dataclasses.replace(config, bf16=False, dtype="float32" if config.dtype in HALF_DTYPES else config.dtype)
+
+
 def train(config: RunConfig) -> Path:
+    config = on_this_machine(config)
     torch.manual_seed(config.seed)
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
