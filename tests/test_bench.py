@@ -21,7 +21,8 @@ def test_unconstrained_and_constrained_latency_side_by_side(registry, tokenizer,
     records = [Record(id=f"r{i}", text=t, lang="en", function=None) for i, t in enumerate(["mute the tv", "write me a poem"])]
     timings = latency(engine, records, warmup=1)
     assert timings["route_ms_p50"] > 0 and timings["unconstrained_ms_p50"] > 0
-    assert timings["constrained_vs_unconstrained_ratio"] == pytest.approx(timings["route_ms_p50"] / timings["unconstrained_ms_p50"], rel=0.01)
+    ratio = timings["route_ms_p50"] / timings["unconstrained_ms_p50"]
+    assert timings["constrained_vs_unconstrained_ratio"] == pytest.approx(ratio, abs=5e-4)  # reported to 3 places
     rates = throughput(engine, records, concurrency=2)
     assert rates["throughput_rps_2_concurrent"] > 0 and rates["throughput_rps_one_at_a_time"] > 0
 
