@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -271,36 +271,24 @@ class ConstrainedDecoder:
                    taken: tuple[tuple[int, int], ...] = ()) -> TokenTrie:
         """What a value may be: `grounded` values when given, else all the schema allows (strings: spans of `text`
         clear of the `taken` ranges)."""
+        values: Callable[[], list[Any]]  # called on a cache miss only: this is the hot path
         if grounded:
             key: tuple[Any, ...] = ("grounded", json.dumps(grounded))
+            values = lambda: list(grounded)  # noqa: E731
         elif "enum" in schema:
-            key = ("enum", tuple(schema["enum"]))
+            key, values = ("enum", tuple(schema["enum"])), lambda: list(schema["enum"])
         elif schema.get("type") == "boolean":
-            key = ("boolean",)
+            key, values = ("boolean",), lambda: [True, False]
         elif schema.get("type") == "integer":
-            key = ("integer", schema["minimum"], schema["maximum"])
-        else:  # copied(schema, grounded)
-            key = ("copy", text, taken)
+            low, high = schema["minimum"], schema["maximum"]
+            key, values = ("integer", low, high), lambda: list(range(low, high + 1))
+        else:  # copied(schema, grounded); a required key with every word taken may overlap after all
+            key, values = ("copy", text, taken), lambda: utterance_spans(text, taken=taken) or utterance_spans(text)
         if key not in self._value_tries:
             if key[0] in ("copy", "grounded") and len(self._value_tries) > 4096:
                 self._value_tries = {k: v for k, v in self._value_tries.items() if k[0] not in ("copy", "grounded")}
-            self._value_tries[key] = self._trie([(P.value_segment(v), v) for v in self._allowed_values(key, grounded)])
+            self._value_tries[key] = self._trie([(P.value_segment(v), v) for v in values()])
         return self._value_tries[key]
-
-    @staticmethod
-    def _allowed_values(key: tuple[Any, ...], grounded: list[Any] | None) -> list[Any]:
-        """The values a `value_trie` cache key stands for (computed on a cache miss only: this is the hot path)."""
-        kind = key[0]
-        if kind == "grounded":
-            return list(grounded or [])
-        if kind == "enum":
-            return list(key[1])
-        if kind == "boolean":
-            return [True, False]
-        if kind == "integer":
-            return list(range(key[1], key[2] + 1))
-        text, taken = key[1], key[2]  # a required key with every word taken may overlap after all
-        return utterance_spans(text, taken=taken) or utterance_spans(text)
 
     @staticmethod
     def _choose(walk: _Walk, trie: TokenTrie, follow: frozenset[int] = frozenset(),
