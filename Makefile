@@ -52,13 +52,13 @@ BENCH_FORMAT_atis := bio
 BENCH_FORMAT_cais := conll
 BENCH_MINUTES_snips := 85
 BENCH_MINUTES_atis := 75
-BENCH_MINUTES_cais := 45
+BENCH_MINUTES_cais := 85
 BENCH_EPOCHS_snips := 1
 BENCH_EPOCHS_atis := 3
 BENCH_EPOCHS_cais := 2
 BENCH_CHECKPOINTS_snips := [1000,3000,7000]
 BENCH_CHECKPOINTS_atis := [1000,2000,4000]
-BENCH_CHECKPOINTS_cais := [1000,2000,4000]
+BENCH_CHECKPOINTS_cais := [1000,3000,7000]
 
 bench-public: bench-snips bench-atis bench-cais
 

@@ -53,3 +53,11 @@ def test_a_benchmark_report_prints_the_published_results_beside_ours():
     report = report_markdown(metrics, {}, meta)
     assert "| tvcall (this run) | 0.900 | 0.800 | 0.700 |" in report and "| JointBERT | 0.975 | 0.961 | 0.882 |" in report
     assert "## Published" not in report_markdown(metrics, {}, {"run": "r"})
+
+
+def test_out_of_scope_precision_and_recall_are_undefined_not_zero_without_out_of_scope_utterances(registry):
+    records = [_rec("play Inception", "media.movie.query_director", {"title": "Inception"}, [("title", 5, 14)])]
+    m = score(records, [_pred("media.movie.query_director", {"title": "Inception"})], registry)
+    assert m["oos_precision"] is None and m["oos_recall"] is None
+    m = score(records, [_pred(None, {})], registry)
+    assert m["oos_precision"] == 0.0 and m["oos_recall"] is None

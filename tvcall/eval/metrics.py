@@ -70,6 +70,12 @@ def _ratio(numerator: int, denominator: int) -> float:
     return numerator / denominator if denominator else 0.0
 
 
+def _ratio_or_none(numerator: int, denominator: int) -> float | None:
+    """None where the ratio is undefined, as a set without out-of-scope utterances has no out-of-scope recall: a 0
+    there would read as a failure in the report."""
+    return numerator / denominator if denominator else None
+
+
 def json_valid(raw: str) -> bool:
     try:
         value = json.loads(raw)
@@ -100,8 +106,8 @@ def score(records: list[Record], preds: list[Prediction], registry: Registry) ->
         "exact_match": _ratio(sum(exact(r, p) for r, p in zip(records, preds, strict=True)), len(records)),
         "json_valid_rate": _ratio(sum(json_valid(p.raw) for p in preds), len(preds)),
         "schema_valid_rate": _ratio(sum(p.valid for p in preds), len(preds)),
-        "oos_precision": _ratio(both, sum(pred_oos)),
-        "oos_recall": _ratio(both, sum(gold_oos)),
+        "oos_precision": _ratio_or_none(both, sum(pred_oos)),
+        "oos_recall": _ratio_or_none(both, sum(gold_oos)),
         "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
         "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies else None,
         "latency_n": len(latencies),
