@@ -7,6 +7,7 @@ import pytest
 
 from tests.test_prompt_and_decoder import _TeacherLM
 from tvcall.app.decoder import ConstrainedDecoder, _PriorMass
+from tvcall.app.engine import NameSettings
 from tvcall.data import prompt as P
 from tvcall.data.synth import SynthConfig, build_splits
 from tvcall.eval.calibrate import MIN_GAIN, calibrate
@@ -73,15 +74,17 @@ def test_retriever_prior_ranks_the_objects_as_the_fused_retrieval_does(registry)
 
 
 class _FakeEngine:
-    """route_batch answers from a table keyed by the decoder's prior weight (the calibration logic alone)."""
+    """route_batch answers from a table keyed by the prior weight, or by (weight, object sharpness) where the
+    sharpness matters (the calibration logic alone)."""
 
-    def __init__(self, answers: dict[float, list[str | None]]) -> None:
+    def __init__(self, answers: dict) -> None:
         self.answers = answers
-        self.decoder = SimpleNamespace(prior_weight=0.0, null_bias=0.0)
+        self.name_settings = NameSettings()
         self.retriever = SimpleNamespace(classifier=object())
 
     def route_batch(self, texts, name_only=False):
-        names = self.answers[self.decoder.prior_weight]
+        settings = self.name_settings
+        names = self.answers.get((settings.prior_weight, settings.object_sharpness), self.answers[settings.prior_weight])
         return [SimpleNamespace(name=n, null_margin=-5.0) for n in names]
 
 
@@ -97,7 +100,35 @@ def test_a_prior_weight_is_taken_only_when_it_wins_enough_dev_utterances():
     two_better = {0.0: ["a.b.c", "x", "x", "x"], 0.5: ["a.b.c", "a.b.d", "x", "x"], 1.0: ["a.b.c", "a.b.d", "a.b.e", "x"]}
     engine = _FakeEngine(two_better)
     found = calibrate(engine, _records(golds), weights=(0.0, 0.5, 1.0))
-    assert found.prior_weight == 1.0 and engine.decoder.prior_weight == 1.0
+    assert found.prior_weight == 1.0 and engine.name_settings.prior_weight == 1.0
     assert found.dev_function_accuracy == 0.75 and found.dev_function_accuracy_unbiased == 0.25
     assert found.dev_function_accuracy_by_weight == {"0.0": 0.25, "0.5": 0.5, "1.0": 0.75}
 
+
+
+def test_the_object_ranking_is_sharpened_only_when_that_wins_enough_dev_utterances():
+    golds = ["a.b.c", "a.b.d", "a.b.e", "a.b.f"]
+    answers = {0.0: ["x"] * 4, 1.0: ["a.b.c", "a.b.d", "x", "x"], (1.0, 2.0): ["a.b.c", "a.b.d", "a.b.e", "x"],
+               (1.0, 3.0): golds}
+    engine = _FakeEngine(answers)
+    found = calibrate(engine, _records(golds), weights=(0.0, 1.0), sharpness=(1.0, 2.0))
+    assert (found.prior_weight, found.object_sharpness) == (1.0, 1.0)  # one utterance more is not enough
+    assert found.dev_function_accuracy_by_sharpness == {"1.0": 0.5, "2.0": 0.75}
+    found = calibrate(engine, _records(golds), weights=(0.0, 1.0), sharpness=(1.0, 2.0, 3.0))
+    assert (found.prior_weight, found.object_sharpness, found.dev_function_accuracy) == (1.0, 3.0, 1.0)
+    assert engine.name_settings.object_sharpness == 3.0
+    found = calibrate(_FakeEngine({0.0: ["a.b.c"] * 4, 1.0: ["x"] * 4}), _records(golds), weights=(0.0, 1.0))
+    assert found.prior_weight == 0.0 and found.dev_function_accuracy_by_sharpness == {}  # no prior: nothing to sharpen
+
+
+def test_a_sharper_object_ranking_moves_prior_mass_to_the_first_object(registry):
+    records = build_splits(registry, SynthConfig(seed=6, train_size=2000, dev_size=5, test_size=5))["train"]
+    retriever = Retriever(registry, fit_classifier([(r.text, r.function) for r in records]))
+    text = "把音量调大一点"
+    mass = {}
+    for sharpness in (1.0, 3.0):
+        retriever.object_sharpness = sharpness
+        found = retriever.retrieve(text, 4)
+        mass[sharpness] = sum(math.exp(found.prior[n]) for n in retriever.functions[found.objects[0]])
+        assert sum(math.exp(v) for v in found.prior.values()) == pytest.approx(1.0)
+    assert mass[3.0] > mass[1.0]

@@ -273,3 +273,18 @@ def test_grounding_keeps_only_values_the_utterance_says(registry):
     assert grounded_values(value, "brightness 35 please") == [35]
     assert grounded_values(registry["picture.picture_mode.set"].properties["value"], "切到游戏画面模式") == ["game"]
     assert grounded_values(registry["picture.tint.decrease"].properties["step"], "reduce the tint a bit") == []
+
+
+def test_a_function_whose_required_value_is_unsaid_is_not_a_candidate(registry, tokenizer):
+    """The model asks for "set the volume" where the command says no number: the value could only be invented, so the
+    name stage offers the functions the command can call instead."""
+    from tvcall.data.grounding import says_required
+
+    set_volume, increase = registry["sound.volume.set"], registry["sound.volume.increase"]
+    assert says_required(set_volume, "把音量调到20") and not says_required(set_volume, "把音量调大一点")
+    assert says_required(increase, "把音量调大一点")  # its step is optional
+    decoder = ConstrainedDecoder(lm=None, tokenizer=tokenizer, registry=registry)
+    target = P.answer_ids(tokenizer, set_volume.name, {"value": 20})[:-1]
+    for text, expected in (("把音量调到20", set_volume.name), ("把音量调大一点", increase.name)):
+        decoder.lm = _TeacherLM(target, len(tokenizer))
+        assert decoder.decode(text, [set_volume.name, increase.name]).name == expected, text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -153,7 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.curve:
         from tvcall.eval.curve import learning_curve
 
-        curve = learning_curve(Path(args.run), records, path.parent, meta, engine.decoder.null_bias, engine.decoder.prior_weight)
+        curve = learning_curve(Path(args.run), records, path.parent, meta, engine.name_settings)
         print(f"learning curve: {curve.read_text()}")
     if args.general:
         from tvcall.eval.general import general_check
@@ -206,7 +207,7 @@ def _run_data_dir(run_dir: Path) -> str:
 
 
 def _calibrated(engine: Any, run_dir: Path, data_dir: Path) -> dict[str, Any]:
-    """The run's abstention bias, chosen on the dev split once and kept in the run folder."""
+    """The run's name-stage settings (`NameSettings`), chosen on the dev split once and kept in the run folder."""
     from tvcall.data.splits import read_split
     from tvcall.eval.calibrate import calibrate, save
     from tvcall.training.train import CALIBRATION_FILE
@@ -216,7 +217,7 @@ def _calibrated(engine: Any, run_dir: Path, data_dir: Path) -> dict[str, Any]:
         print(f"calibrating the name prior and abstention on {len(dev)} dev utterances", file=sys.stderr)
         found = calibrate(engine, dev)
         print(f"{save(found, run_dir)}: {found}", file=sys.stderr)
-    return {"null_bias": engine.decoder.null_bias, "prior_weight": engine.decoder.prior_weight}
+    return dataclasses.asdict(engine.name_settings)
 
 
 def cmd_route(args: argparse.Namespace) -> None:

@@ -114,8 +114,19 @@ class TransformersEngine(Engine):
         release_freed_memory()
         if engine.retriever is not None:
             engine.retriever.use_classifier(run_classifier(Path(run_dir)))
-        engine.decoder.null_bias, engine.decoder.prior_weight = load_calibration(Path(run_dir))
+        engine.name_settings = load_calibration(Path(run_dir))
         return engine
+
+    @property
+    def name_settings(self) -> NameSettings:
+        sharpness = self.retriever.object_sharpness if self.retriever is not None else 1.0
+        return NameSettings(self.decoder.null_bias, self.decoder.prior_weight, sharpness)
+
+    @name_settings.setter
+    def name_settings(self, settings: NameSettings) -> None:
+        self.decoder.null_bias, self.decoder.prior_weight = settings.null_bias, settings.prior_weight
+        if self.retriever is not None:
+            self.retriever.object_sharpness = settings.object_sharpness
 
     def ready_schemas(self) -> float:
         """Compile (or load from the disk cache) every argument schema now, at start-up, rather than at a function's
@@ -194,15 +205,26 @@ def shared_prompt_prefix(tokenizer: Any) -> list[int]:
     return a[:common_prefix_length(a, b)]
 
 
-def load_calibration(run_dir: Path) -> tuple[float, float]:
-    """(null bias, prior weight) chosen on dev; none chosen yet: (0, 0)."""
+@dataclass(frozen=True)
+class NameSettings:
+    """How the name stage weighs its evidence, chosen on dev (`tvcall.eval.calibrate`): the abstention bias on "no
+    function", the weight of the retriever's prior against the model, and the sharpness of the prior's object ranking."""
+
+    null_bias: float = 0.0
+    prior_weight: float = 0.0
+    object_sharpness: float = 1.0
+
+
+def load_calibration(run_dir: Path) -> NameSettings:
+    """The settings chosen on dev; none chosen yet: no bias and no prior."""
     from tvcall.training.train import CALIBRATION_FILE
 
     path = Path(run_dir) / CALIBRATION_FILE
     if not path.exists():
-        return 0.0, 0.0
+        return NameSettings()
     chosen = json.loads(path.read_text())
-    return float(chosen["null_bias"]), float(chosen.get("prior_weight", 0.0))
+    return NameSettings(float(chosen["null_bias"]), float(chosen.get("prior_weight", 0.0)),
+                        float(chosen.get("object_sharpness", 1.0)))  # runs calibrated before it: 1
 
 
 def release_freed_memory() -> None:

@@ -102,6 +102,13 @@ def said_matches(spec: FunctionSpec, text: str) -> dict[str, list[Match]]:
     return {k: grounded_matches(schema, clean) for k, schema in spec.properties.items() if groundable(schema)}
 
 
+def says_required(spec: FunctionSpec, text: str) -> bool:
+    """Whether `text` says a value for every required typed parameter of `spec` (numbers, enums, booleans): a call
+    whose required value the user never said could only be completed with an invented one."""
+    said = said_matches(spec, text)
+    return all(said[k] for k in spec.required if k in said)
+
+
 def said_keys(spec: FunctionSpec, said: dict[str, list[Match]]) -> frozenset[str]:
     """Keys whose value the utterance says unambiguously, and so must be filled: "降低四" is a step of 4, "in the
     kitchen" the room. Words that could say another parameter too (the 19 of "19点" is an hour or a minute) are

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tvcall.data.record import Record, write_atomic
 from tvcall.eval.plots import write_html_report
 from tvcall.eval.runner import evaluate
 from tvcall.training.export import read_run_config
 from tvcall.training.train import CHECKPOINTS_DIR
+
+if TYPE_CHECKING:
+    from tvcall.app.engine import NameSettings
 
 CURVE_FILE = "learning_curve.json"
 
@@ -35,7 +38,7 @@ def curve_point(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def learning_curve(run_dir: Path, records: list[Record], eval_dir: Path, meta: dict[str, Any],
-                   null_bias: float, prior_weight: float) -> Path:
+                   settings: NameSettings) -> Path:
     """Evaluates every checkpoint of `run_dir` (no latency sample), adds the run's own point from `eval_dir`, and
     writes `eval_dir/learning_curve.json` and the HTML report with the curve drawn."""
     from tvcall.app.engine import TransformersEngine, release_freed_memory
@@ -43,7 +46,7 @@ def learning_curve(run_dir: Path, records: list[Record], eval_dir: Path, meta: d
     points = []
     for checkpoint in checkpoint_runs(run_dir):
         engine = TransformersEngine.from_run(checkpoint)
-        engine.decoder.null_bias, engine.decoder.prior_weight = null_bias, prior_weight
+        engine.name_settings = settings
         path = evaluate(engine, records, checkpoint / eval_dir.name, {**meta, "run": str(checkpoint)}, latency_sample=0)
         points.append(curve_point(checkpoint, json.loads(path.read_text())))
         del engine

@@ -174,6 +174,7 @@ class Retriever:
         self.functions = {key: [s.name for s in specs] for key, specs in groups.items()}
         self.labels = {(key, lang): _label(specs, lang) for key, specs in groups.items() for lang in LANGS}
         self.index = SparseBM25([tokens(" ".join(p for s in groups[key] for p in _describe(s))) for key in self.objects])
+        self.object_sharpness = 1.0  # the object ranking's scores are multiplied by it in the prior (calibrated on dev)
         self.use_classifier(classifier)
 
     def use_classifier(self, classifier: FunctionClassifier | None) -> None:
@@ -201,14 +202,16 @@ class Retriever:
     def _prior(self, learned: np.ndarray, objects: list[str], functions: list[str],
                object_scores: np.ndarray) -> dict[str | None, float]:
         """log P(name) over the candidates' functions and None: the classifier's chance of no function, the fused
-        object scores (BM25 and classifier, the better object ranking) as a softmax over the candidate objects, and
-        within an object the classifier's share of each of its functions. `functions`: the objects' functions in order."""
+        object scores (BM25 and classifier, the better object ranking) times `object_sharpness` as a softmax over the
+        candidate objects, and within an object the classifier's share of each of its functions. `functions`: the
+        objects' functions in order."""
         names: list[str | None] = [*functions, None]
         logits = np.array([learned[self._column[n]] if self._column[n] >= 0 else learned.min() for n in names])
         log_p = logits - _logsumexp(logits)
         log_none = float(log_p[-1])
         log_some = math.log1p(-min(math.exp(log_none), 1 - 1e-9))
-        log_objects = object_scores - _logsumexp(object_scores)
+        sharpened = object_scores * self.object_sharpness
+        log_objects = sharpened - _logsumexp(sharpened)
         prior: dict[str | None, float] = {None: log_none}
         start = 0
         for key, log_object in zip(objects, log_objects, strict=True):
