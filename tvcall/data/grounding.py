@@ -95,18 +95,21 @@ def grounded_matches(schema: dict[str, Any], text: str) -> list[Match]:
     return [m for m in matches if not any(o[0] <= m[0] and m[1] <= o[1] and (o[1] - o[0]) > (m[1] - m[0]) for o in matches)]
 
 
-def said_matches(spec: FunctionSpec, text: str) -> dict[str, list[Match]]:
-    """For each groundable parameter of `spec`, where `text` says its values (the function's own object phrases excluded)."""
+def said_matches(spec: FunctionSpec, text: str, keys: Iterable[str] | None = None) -> dict[str, list[Match]]:
+    """For each groundable parameter of `spec` (of `keys` only, when given), where `text` says its values (the
+    function's own object phrases excluded)."""
     phrases = [f for lang in LANGS for f in spec.object_phrases.forms(lang)] if spec.object_phrases else []
     clean = grounding_text(text, phrases)
-    return {k: grounded_matches(schema, clean) for k, schema in spec.properties.items() if groundable(schema)}
+    wanted = spec.properties if keys is None else keys
+    return {k: grounded_matches(spec.properties[k], clean) for k in wanted if groundable(spec.properties[k])}
 
 
 def says_required(spec: FunctionSpec, text: str) -> bool:
     """Whether `text` says a value for every required typed parameter of `spec` (numbers, enums, booleans): a call
-    whose required value the user never said could only be completed with an invented one."""
-    said = said_matches(spec, text)
-    return all(said[k] for k in spec.required if k in said)
+    whose required value the user never said could only be completed with an invented one. Runs for every
+    candidate of every request: only the required typed parameters are grounded, and none for most functions."""
+    required = [k for k in spec.required if groundable(spec.properties[k])]
+    return not required or all(said_matches(spec, text, required).values())
 
 
 def said_keys(spec: FunctionSpec, said: dict[str, list[Match]]) -> frozenset[str]:
