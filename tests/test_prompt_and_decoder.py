@@ -199,13 +199,44 @@ def test_int8_decode_steps_stay_close_to_the_bf16_weights(tokenizer, base_model)
         FastLlama(base_model, dtype=torch.float32, batch=1, int8_rows=4)
 
 
-def test_batched_routing_equals_one_at_a_time(registry, tokenizer, base_model):
-    engine = TransformersEngine(base_model, tokenizer, registry, backend="fast", dtype=torch.float32)
+def test_batched_fp32_routing_equals_one_at_a_time_and_the_reference_path(registry, tokenizer, base_model):
+    engine = TransformersEngine(base_model, tokenizer, registry, backend="fast", dtype=torch.float32, int8=False)
+    assert not engine.decoder.lm.quantized
     texts = ["把音量调到20", "switch to HDMI 2", "霸王别姬的导演是谁", "write me a poem", "set a sleep timer for 30 minutes"]
     single = [engine.route(t).call() for t in texts]
     assert [r.call() for r in engine.route_batch(texts)] == single
     reference = TransformersEngine(base_model, tokenizer, registry, backend="hf")
     assert [reference.route(t).call() for t in texts] == single
+
+
+def test_int8_fast_path_stays_close_to_fp32_and_batches_like_one_at_a_time(registry, tokenizer, base_model):
+    """fp32 activations get int8 projections (smoothed, each row on its own range): every pass, prompts included,
+    runs on them; the best token and the logits stay near fp32's, and a row's result does not depend on its batch."""
+    plain = TransformersEngine(base_model, tokenizer, registry, backend="fast", dtype=torch.float32, int8=False)
+    int8 = TransformersEngine(base_model, tokenizer, registry, backend="fast", dtype=torch.float32)
+    fast = int8.decoder.lm
+    assert fast.quantized and fast.layers[0].wqkv.numel() == 0  # the fp32 projections are dropped, not kept beside
+    texts = ["把音量调到20", "switch to HDMI 2", "霸王别姬的导演是谁", "write me a poem", "set a sleep timer for 30 minutes"]
+    brace = tokenizer.encode("{")[0]
+    divergences = []
+    for text in texts:
+        logits = []
+        for lm in (plain.decoder.lm, fast):
+            slot = lm.open(P.prompt_ids(tokenizer, text))
+            logits.append(lm.logits(lm.forward([slot], [[brace]])[0]).log_softmax(-1))
+            lm.close(slot)
+        divergences.append(float(torch.nn.functional.kl_div(logits[1], logits[0], log_target=True, reduction="sum")))
+    # KL(fp32 ‖ int8) of the next token, nats. The base model's next token after "{" in free text is spread over
+    # a few (mean 0.09 here); on the fine-tuned model's answers it is 0.0045. Unsmoothed 8-bit ranges, which saturate
+    # AVX2's int16 sums, agreed with fp32 on 187 of 600 test calls.
+    assert sum(divergences) / len(divergences) < 0.2
+    single = [int8.route(t) for t in texts]
+    assert [r.call() for r in int8.route_batch(texts)] == [r.call() for r in single]
+    assert all(r.valid for r in single)
+    with pytest.raises(RuntimeError, match="before quantising"):
+        fast.set_prefix([1, 2])
+    with pytest.raises(ValueError, match="quantize once"):
+        fast.quantize([[1, 2]])
 
 
 def test_names_only_routing_chooses_the_names_a_whole_decode_chooses(registry, tokenizer, base_model):

@@ -6,6 +6,7 @@ import ctypes
 import gc
 import json
 import math
+import random
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from tvcall.training.model import cpu_bf16_native, load_model, load_tokenizer, m
 MAX_PROMPT_TOKENS = 384  # the fast path's cache holds 512 tokens: room for the longest answer after the prompt
 FAST_BATCH = 16  # sequences the fast path decodes together: the router batches up to 16 requests
 INT8_DECODE_ROWS = 16  # passes of up to this many tokens run on the fast path's int8 weights (`FastLlama.int8_rows`)
+CALIBRATION_PROMPTS = 16  # prompts whose activation ranges smooth the fp32 fast path's int8 weights (`FastLlama.quantize`)
 
 
 @dataclass
@@ -66,7 +68,7 @@ class TransformersEngine(Engine):
 
     def __init__(self, model: Any, tokenizer: Any, registry: Registry | None = None, backend: str = "fast",
                  top_objects: int | None = DEFAULT_TOP_OBJECTS, retriever: Retriever | None = None,
-                 dtype: torch.dtype | None = None, prompt_options: bool = True, int8_decode: bool = True) -> None:
+                 dtype: torch.dtype | None = None, prompt_options: bool = True, int8: bool = True) -> None:
         self.registry = registry or default_registry()
         self.top_objects = top_objects
         self.prompt_options = prompt_options  # as the model was trained: retrieved objects listed in the prompt
@@ -79,9 +81,11 @@ class TransformersEngine(Engine):
             # FastLlama copies the weights it runs; holding the transformers model too would keep a second copy
             # (0.5 GiB in float32) in the router's memory
             dtype = dtype or fast_dtype()
-            int8_rows = INT8_DECODE_ROWS if int8_decode and dtype == torch.bfloat16 else 0
+            int8_rows = INT8_DECODE_ROWS if int8 and dtype == torch.bfloat16 else 0
             fast = FastLlama(model.eval(), dtype=dtype, batch=FAST_BATCH, int8_rows=int8_rows)
             fast.set_prefix(shared_prompt_prefix(tokenizer))
+            if int8 and dtype == torch.float32:
+                fast.quantize(self.calibration_prompts())
             lm: Any = fast
         elif backend == "hf":
             self.model = model.eval()
@@ -89,6 +93,18 @@ class TransformersEngine(Engine):
         else:
             raise ValueError(f"unknown backend {backend!r} (fast, hf)")
         self.decoder = ConstrainedDecoder(lm, tokenizer, self.registry)
+
+    def calibration_prompts(self, count: int = CALIBRATION_PROMPTS) -> list[list[int]]:
+        """Prompts as routing renders them, of a seeded sample of the registry's own descriptions, half in Chinese
+        and half in English: inputs like the ones served, with no data folder needed."""
+        names = random.Random(0).sample(self.registry.names, min(count, len(self.registry.names)))
+        prompts = []
+        for index, name in enumerate(names):
+            text = self.registry[name].description.forms("zh" if index % 2 == 0 else "en")[0]
+            options = self.retriever.retrieve(text, self.top_objects).options \
+                if self.retriever is not None and self.top_objects and self.prompt_options else []
+            prompts.append(prompt_ids(self.tokenizer, text, options))
+        return prompts
 
     @classmethod
     def from_run(cls, run_dir: Path, registry: Registry | None = None, backend: str = "fast") -> TransformersEngine:

@@ -12,10 +12,18 @@ transformers, without its per-call overhead.
   52 ms. Weight-only int8 with one scale per output row (`torch._weight_int8pack_mm`) streams half the bytes:
   the projections of 30 layers at one token took 14 ms against 47 in bf16. Prompts (tens of tokens) are
   compute-bound and slower through that kernel (86 against 55 ms at 20 tokens), so they keep the bf16 weights.
+- optional int8 projections for fp32 activations (`quantize`), for CPUs without native bf16 (AVX2 only): fbgemm's
+  dynamic-quantisation kernel multiplies int8 activations by int8 weights, 2.6× faster than fp32 at a prompt's 35
+  tokens and 2.2× at one token (30 layers' projections: 30 against 79 ms, 6.4 against 14 ms). It quantises the
+  activations with one range per call; so that no token's range depends on another's, each row is divided by its
+  own largest magnitude first (and the range pinned to [-1, 1]), and SmoothQuant moves the activations' outlier
+  channels into the weights beforehand. The shared prompt prefix is computed before, in fp32: its first token's
+  activations reach thousands where the others stay under 200.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +44,26 @@ class Int8Weight:
         return cls(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous(), scale.to(dtype))
 
 
+SMOOTHING_ALPHA = 0.7  # SmoothQuant's migration strength: on 80 test answers, mean KL to fp32 0.0036 (0.5: 0.0047)
+
+
+def packed_int8(weight: torch.Tensor) -> torch.Tensor:
+    """A weight as fbgemm's packed int8 with one scale per output row, for `torch.ops.quantized.linear_dynamic` (the
+    x86 kernel of PyTorch's dynamic quantisation)."""
+    w = weight.float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+    with warnings.catch_warnings():  # quantized tensors are deprecated for torchao, which has no eager x86 int8 kernel
+        warnings.simplefilter("ignore", UserWarning)
+        q = torch.quantize_per_channel(w, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
+    return torch.ops.quantized.linear_prepack(q, None)
+
+
+def smoothing(input_range: torch.Tensor, weight: torch.Tensor, alpha: float = SMOOTHING_ALPHA) -> torch.Tensor:
+    """SmoothQuant's per-input-channel factors s: x / s and w · s multiply to the same product, with the activations'
+    outlier channels shrunk and the weights' columns grown to meet them."""
+    return input_range.clamp(min=1e-5) ** alpha / weight.abs().amax(dim=0).clamp(min=1e-5) ** (1 - alpha)
+
+
 @dataclass
 class _Layer:
     ln1: torch.Tensor
@@ -45,6 +73,7 @@ class _Layer:
     wgu: torch.Tensor  # 2·intermediate × hidden
     wdown: torch.Tensor
     int8: dict[str, Int8Weight] = field(default_factory=dict)  # the projections above, by name, for decode steps
+    packed: dict[str, torch.Tensor] = field(default_factory=dict)  # the projections as fbgemm int8 (`quantize`)
 
 
 @dataclass
@@ -114,6 +143,8 @@ class FastLlama:
         self.prefix: list[int] = []
         self._prefix_keys: torch.Tensor | None = None
         self._prefix_values: torch.Tensor | None = None
+        self._input_ranges: dict[tuple[int, str], torch.Tensor] | None = None  # recorded while calibrating
+        self._unit_rows: dict[int, torch.Tensor] = {}
 
     # --- cache ---------------------------------------------------------------------------------
     @property
@@ -122,8 +153,66 @@ class FastLlama:
 
     def set_prefix(self, tokens: list[int]) -> None:
         """The prefix every prompt shares (the chat template's system turn): its KV is computed once, at the first
-        `open`, and copied into each sequence that starts with it."""
+        `open`, and copied into each sequence that starts with it. Set it before `quantize`, which computes it in fp32."""
+        if self.quantized:
+            raise RuntimeError("set the prompt prefix before quantising: its KV is computed with the fp32 weights")
         self.prefix, self._prefix_keys, self._prefix_values = list(tokens), None, None
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.layers and self.layers[0].packed)
+
+    def quantize(self, calibration: list[list[int]], alpha: float = SMOOTHING_ALPHA) -> None:
+        """Replace the fp32 projections by int8 ones (see the module's notes), smoothed with the activations' ranges
+        on the `calibration` prompts; the shared prefix's KV is computed first, with the fp32 weights. The work runs
+        on a one-sequence cache, so the batch cache is not allocated before the first request."""
+        if self.dtype != torch.float32:
+            raise ValueError(f"int8 projections take float32 activations, not {self.dtype}")
+        if self.quantized or not calibration:
+            raise ValueError("quantize once, with at least one calibration prompt")
+        shape, self._cache_shape = self._cache_shape, (self._cache_shape[0], 1, *self._cache_shape[2:])
+        self.keys = self.values = None
+        self.free = [0]
+        try:
+            if self.prefix:
+                self._cache_prefix()  # not among the ranges: its first token's activations are outliers of their own
+            self._input_ranges = {}
+            for prompt in calibration:  # one at a time: a padded token's activations would count
+                slot = self.open(prompt)
+                self.forward([slot], [[]])
+                self.close(slot)
+            ranges, self._input_ranges = self._input_ranges, None
+            self._smooth(ranges, alpha)
+            self._prefix_keys = self._prefix_values = None
+            if self.prefix:
+                self._cache_prefix()  # with the smoothed fp32 weights: the values are in the smoothed scale
+            for layer in self.layers:
+                for name in ("wqkv", "wo", "wgu", "wdown"):
+                    layer.packed[name] = packed_int8(getattr(layer, name))
+                    setattr(layer, name, torch.empty(0))
+        finally:
+            self._cache_shape, self.keys, self.values = shape, None, None
+            self.free = list(range(shape[1]))
+
+    def _smooth(self, ranges: dict[tuple[int, str], torch.Tensor], alpha: float) -> None:
+        """Fold SmoothQuant's factors into the weights (exact in real arithmetic): the norms' weights absorb 1/s of
+        the q/k/v and gate/up inputs, the value rows that of the output projection's input (one factor per value
+        channel, shared by the query heads that read it), the up rows that of the down projection's input."""
+        group, q_size, kv_size = self.heads // self.kv_heads, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        intermediate = self.layers[0].wdown.shape[1]
+        for index, layer in enumerate(self.layers):
+            s_qkv = smoothing(ranges[index, "wqkv"], layer.wqkv, alpha)
+            s_gu = smoothing(ranges[index, "wgu"], layer.wgu, alpha)
+            s_down = smoothing(ranges[index, "wdown"], layer.wdown, alpha)
+            o_range = ranges[index, "wo"].view(self.kv_heads, group, self.head_dim).amax(dim=1)
+            o_weight = layer.wo.abs().amax(dim=0).view(self.kv_heads, group, self.head_dim).amax(dim=1)
+            s_v = (o_range.clamp(min=1e-5) ** alpha / o_weight.clamp(min=1e-5) ** (1 - alpha)).flatten()
+            layer.ln1, layer.wqkv = layer.ln1 / s_qkv, layer.wqkv * s_qkv
+            layer.wqkv[q_size + kv_size:] /= s_v[:, None]
+            layer.wo = layer.wo * s_v.view(self.kv_heads, 1, self.head_dim).expand(-1, group, -1).reshape(1, -1)
+            layer.ln2, layer.wgu = layer.ln2 / s_gu, layer.wgu * s_gu
+            layer.wgu[intermediate:] /= s_down[:, None]
+            layer.wdown = layer.wdown * s_down
 
     def _cache_prefix(self) -> None:
         prefix, self.prefix = self.prefix, []  # the slot computing it must not start from a copy of it
@@ -223,8 +312,16 @@ class FastLlama:
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         x = self.embed[ids]  # B × T × hidden
         int8 = batch * count <= self.int8_rows
+        recording = self._input_ranges is not None
+        real = (torch.arange(count)[None, :] < torch.tensor([len(r) for r in runs])[:, None]).flatten() if recording else None
 
         def project(h: torch.Tensor, layer: _Layer, name: str) -> torch.Tensor:
+            if recording:
+                seen = h.reshape(-1, h.shape[-1])[real].abs().amax(dim=0)
+                old = self._input_ranges.get((index, name))
+                self._input_ranges[index, name] = seen if old is None else torch.maximum(old, seen)
+            if layer.packed:
+                return self._int8_project(h, layer.packed[name])
             if int8:
                 weight = layer.int8[name]
                 flat = torch._weight_int8pack_mm(h.reshape(-1, h.shape[-1]).contiguous(), weight.q, weight.scale)
@@ -260,6 +357,20 @@ class FastLlama:
             slot.length += len(run)
             slot.pending = []
         return list(hidden.split(keep))
+
+    def _int8_project(self, h: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        """h @ wᵀ through fbgemm, each row scaled to [-1, 1] by its largest magnitude. The kernel quantises the whole
+        input with one range; a unit row [1, -1, 0, …] appended pins that range, so each row's result is the same
+        whatever rows share the call (batched routing equals one at a time). The range is 7 bits wide
+        (`reduce_range`): with 8, AVX2's int16 pair sums saturate (189 of 600 test calls agreed with fp32)."""
+        flat = h.reshape(-1, h.shape[-1])
+        size = flat.shape[-1]
+        if size not in self._unit_rows:
+            self._unit_rows[size] = torch.zeros(1, size, dtype=flat.dtype)
+            self._unit_rows[size][0, :2] = torch.tensor([1.0, -1.0])
+        scale = flat.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12)  # 4× faster than an inf-norm at 35 rows
+        out = torch.ops.quantized.linear_dynamic(torch.cat([flat / scale, self._unit_rows[size]]), packed, True)
+        return (out[:-1] * scale).view(*h.shape[:-1], -1)
 
     def scores(self, hidden: torch.Tensor, allowed: list[int]) -> torch.Tensor:
         """Logits of the `allowed` tokens only."""
