@@ -46,6 +46,12 @@ def test_synth_train_eval_route_end_to_end(tmp_path):
     assert json.loads((checkpoint / "eval-test" / "metrics.json").read_text())["n"] == 12
     assert "Learning curve" in (run / "eval-test" / "report.html").read_text()
 
+    wide = _tvcall("eval", "--run", str(run), "--data", str(data), "--registry", "full", "--limit", "4", cwd=tmp_path).stdout
+    wide_metrics = json.loads(open(wide.strip().splitlines()[-1]).read())
+    assert wide_metrics["meta"]["registry_functions"] >= 3000 and wide_metrics["meta"]["registry"] == "full"
+    assert wide_metrics["n"] == 4 and wide_metrics["schema_valid_rate"] == 1.0
+    assert (run / "eval-test-full" / "metrics.json").exists() and metrics_path.endswith("eval-test/metrics.json")
+
     routed = json.loads(_tvcall("route", "--run", str(run), "把音量调到20", cwd=tmp_path).stdout)
     assert routed["name"] is None or "arguments" in routed
 

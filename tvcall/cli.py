@@ -76,17 +76,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(run_dir)
 
 
-def _engine(run: str, threads: int | None):  # noqa: ANN202 - lazy import keeps `--help` fast
+def _engine(run: str, threads: int | None, registry: str | None = None):  # noqa: ANN202 - lazy import keeps `--help` fast
+    """`registry`: a shipped registry to route over instead of the run's own (None: the run's)."""
     from tvcall.app.engine import TransformersEngine, set_threads
+    from tvcall.functions.registry import named_registry
 
     set_threads(threads)
-    return TransformersEngine.from_run(Path(run))
+    return TransformersEngine.from_run(Path(run), registry=named_registry(registry) if registry else None)
 
 
 def _backend_engine(args: argparse.Namespace):  # noqa: ANN202 - lazy imports keep `--help` fast
     """`--backend`: local (transformers + the trie decoder), vllm (in-process) or remote (an OpenAI-compatible server)."""
+    registry = getattr(args, "registry", None)
+    if registry and args.backend != "local":
+        raise SystemExit(f"--registry {registry} needs --backend local: the {args.backend} backend routes over the run's registry")
     if args.backend == "local":
-        return _engine(args.run, args.threads)
+        return _engine(args.run, args.threads, registry)
     from tvcall.app.engine import run_registry  # the run's data folder's registry (an imported benchmark's own)
 
     if args.backend == "vllm":
@@ -145,6 +150,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.backend == "local" and args.split != "dev" and not args.no_calibrate:
         meta |= _calibrated(engine, Path(args.run), Path(args.data))
     out = Path(args.run) / f"eval-{args.split}"
+    if args.registry:
+        meta |= {"registry": args.registry}
+        out = out.with_name(f"{out.name}-{args.registry}")
     if args.backend != "local":
         meta |= {"backend": args.backend} | ({"base_url": args.base_url, "model": args.model, "protocol": args.protocol} if args.backend == "remote" else {})
         out = out.with_name(f"{out.name}-{args.backend}")
@@ -345,8 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=DEFAULT_RUN)
     p.add_argument("--data", help=f"dataset folder (default: the run's data_dir, else {DEFAULT_DATA})")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.add_argument("--registry", choices=REGISTRY_NAMES,
+                   help="route over this shipped registry instead of the run's own, e.g. full (3,153 functions) for a "
+                        "core-trained run; output in RUN/eval-SPLIT-REGISTRY")
     p.add_argument("--limit", type=int, help="only the first N records")
-    p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT)")
+    p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT, or RUN/eval-SPLIT-REGISTRY)")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--no-calibrate", action="store_true", help="skip choosing the name prior and abstention bias on dev (when the run has none)")
     p.add_argument("--latency-sample", type=int, metavar="N",
