@@ -58,10 +58,11 @@ def packed_int8(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.quantized.linear_prepack(q, None)
 
 
-def smoothing(input_range: torch.Tensor, weight: torch.Tensor, alpha: float = SMOOTHING_ALPHA) -> torch.Tensor:
-    """SmoothQuant's per-input-channel factors s: x / s and w · s multiply to the same product, with the activations'
-    outlier channels shrunk and the weights' columns grown to meet them."""
-    return input_range.clamp(min=1e-5) ** alpha / weight.abs().amax(dim=0).clamp(min=1e-5) ** (1 - alpha)
+def smoothing(input_range: torch.Tensor, weight_range: torch.Tensor, alpha: float = SMOOTHING_ALPHA) -> torch.Tensor:
+    """SmoothQuant's per-input-channel factors s from the channels' largest activation and weight magnitudes: x / s
+    and w · s multiply to the same product, with the activations' outlier channels shrunk and the weights' columns
+    grown to meet them."""
+    return input_range.clamp(min=1e-5) ** alpha / weight_range.clamp(min=1e-5) ** (1 - alpha)
 
 
 @dataclass
@@ -201,12 +202,11 @@ class FastLlama:
         group, q_size, kv_size = self.heads // self.kv_heads, self.heads * self.head_dim, self.kv_heads * self.head_dim
         intermediate = self.layers[0].wdown.shape[1]
         for index, layer in enumerate(self.layers):
-            s_qkv = smoothing(ranges[index, "wqkv"], layer.wqkv, alpha)
-            s_gu = smoothing(ranges[index, "wgu"], layer.wgu, alpha)
-            s_down = smoothing(ranges[index, "wdown"], layer.wdown, alpha)
+            s_qkv, s_gu, s_down = (smoothing(ranges[index, name], getattr(layer, name).abs().amax(dim=0), alpha)
+                                   for name in ("wqkv", "wgu", "wdown"))
             o_range = ranges[index, "wo"].view(self.kv_heads, group, self.head_dim).amax(dim=1)
             o_weight = layer.wo.abs().amax(dim=0).view(self.kv_heads, group, self.head_dim).amax(dim=1)
-            s_v = (o_range.clamp(min=1e-5) ** alpha / o_weight.clamp(min=1e-5) ** (1 - alpha)).flatten()
+            s_v = smoothing(o_range, o_weight, alpha).flatten()
             layer.ln1, layer.wqkv = layer.ln1 / s_qkv, layer.wqkv * s_qkv
             layer.wqkv[q_size + kv_size:] /= s_v[:, None]
             layer.wo = layer.wo * s_v.view(self.kv_heads, 1, self.head_dim).expand(-1, group, -1).reshape(1, -1)
