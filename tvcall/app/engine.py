@@ -98,13 +98,16 @@ class TransformersEngine(Engine):
         """Prompts as routing renders them, of a seeded sample of the registry's own descriptions, half in Chinese
         and half in English: inputs like the ones served, with no data folder needed."""
         names = random.Random(0).sample(self.registry.names, min(count, len(self.registry.names)))
-        prompts = []
-        for index, name in enumerate(names):
-            text = self.registry[name].description.forms("zh" if index % 2 == 0 else "en")[0]
-            options = self.retriever.retrieve(text, self.top_objects).options \
-                if self.retriever is not None and self.top_objects and self.prompt_options else []
-            prompts.append(prompt_ids(self.tokenizer, text, options))
-        return prompts
+        return [self.prompt(self.registry[name].description.forms("zh" if index % 2 == 0 else "en")[0])
+                for index, name in enumerate(names)]
+
+    def prompt(self, text: str) -> list[int]:
+        """The prompt's tokens as routing renders them: with the retrieved objects listed when the run was trained so."""
+        options: list[str] = []
+        if self.retriever is not None and self.top_objects:
+            found = self.retriever.retrieve(text, self.top_objects)
+            options = found.options if self.prompt_options else []
+        return prompt_ids(self.tokenizer, text, options)
 
     @classmethod
     def from_run(cls, run_dir: Path, registry: Registry | None = None, backend: str = "fast") -> TransformersEngine:

@@ -38,7 +38,6 @@ from tqdm import tqdm
 from tvcall.app.engine import TransformersEngine
 from tvcall.app.loadgen import percentile
 from tvcall.app.schema_guide import SchemaGuides
-from tvcall.data import prompt as P
 from tvcall.data.record import Record, write_atomic
 from tvcall.functions.registry import named_registry
 from tvcall.functions.retrieve import object_key
@@ -118,12 +117,8 @@ def unconstrained(engine: TransformersEngine, text: str, max_new_tokens: int = 6
     """Greedy decoding over the whole vocabulary with the engine's own model and prompt, until the end of turn;
     (answer, milliseconds including retrieval, as the constrained route's latency does)."""
     started = time.perf_counter()
-    options: list[str] = []
-    if engine.retriever is not None and engine.top_objects:  # the same retrieval work as the routed call
-        found = engine.retriever.retrieve(text, engine.top_objects)
-        options = found.options if engine.prompt_options else []
     lm, eos = engine.decoder.lm, engine.tokenizer.eos_token_id
-    session = lm.open(P.prompt_ids(engine.tokenizer, text, options))
+    session = lm.open(engine.prompt(text))  # the same retrieval work as the routed call
     tokens: list[int] = []
     try:
         step: list[int] = []
