@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 TVCALL := $(VENV)/bin/tvcall
 STAMP := $(VENV)/.installed
 DATA := runs/data
-RUN := runs/cpu-default
+# `make train eval bench CONFIG=cpu-epoch` trains one whole epoch instead of 30 minutes (tvcall/training/configs/)
+CONFIG := cpu-default
+RUN := runs/$(CONFIG)
 
 .PHONY: setup system-packages data train eval bench bench-public bench-snips bench-atis bench-cais route serve demo test lint clean
 
@@ -35,7 +37,7 @@ $(DATA)/manifest.json: $(STAMP)
 data: $(DATA)/manifest.json
 
 train: $(DATA)/manifest.json
-	$(TVCALL) train --config cpu-default --data $(DATA) --out $(RUN)
+	$(TVCALL) train --config $(CONFIG) --data $(DATA) --out $(RUN)
 
 eval: $(STAMP)
 	$(TVCALL) eval --run $(RUN) --data $(DATA)

@@ -23,6 +23,23 @@ def test_unknown_key_in_preset_names_file_and_line(tmp_path):
         load_config(str(path))
 
 
+def test_a_preset_takes_its_base_presets_fields_and_overrides_them():
+    base, epoch = load_config("cpu-default"), load_config("cpu-epoch")
+    assert epoch.num_train_examples == 20000 and epoch.max_train_minutes is None and epoch.output_dir == "runs/cpu-epoch"
+    assert (epoch.model, epoch.learning_rate, epoch.lora_r) == (base.model, base.learning_rate, base.lora_r)
+    assert epoch.preset.endswith("cpu-epoch.yaml")
+
+
+def test_presets_that_name_each_other_as_base_are_reported_with_file_and_line(tmp_path):
+    (tmp_path / "a.yaml").write_text(f"lora_r: 8\nbase: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(InputError, match=r"b.yaml:1: base: .*a.yaml is already a preset"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("base: cpu-default\nlearning_rat: 0.1\n")
+    with pytest.raises(InputError, match=r"c.yaml:2: learning_rat: unknown config key"):
+        load_config(str(tmp_path / "c.yaml"))
+
+
 def test_bad_override_value_is_reported():
     with pytest.raises(InputError, match="lora_r"):
         load_config("cpu-default", ["lora_r=many"])

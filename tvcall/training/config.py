@@ -90,17 +90,34 @@ def preset_path(name_or_path: str) -> Path:
     return candidate
 
 
-def load_config(preset: str, overrides: list[str] | None = None) -> RunConfig:
-    """Load a preset, then apply `key=value` overrides; unknown keys and bad values name file and line."""
-    path = preset_path(preset)
+BASE_KEY = "base"
+
+
+def preset_values(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset's fields, over those of the preset its `base:` names; unknown keys and bad values name file and line."""
     doc = load_yaml(path) or {}
+    entries = strip_lines(doc)
     hints = get_type_hints(RunConfig)
     known = {f.name for f in fields(RunConfig)}
-    values: dict[str, Any] = {"preset": str(path)}
-    for key, value in strip_lines(doc).items():
+    values: dict[str, Any] = {}
+    if BASE_KEY in entries:
+        base = preset_path(str(entries.pop(BASE_KEY)))
+        if base.resolve() in (*children, path.resolve()):
+            raise InputError(path, key_line(doc, BASE_KEY), BASE_KEY, f"{base} is already a preset this one is based on")
+        values = preset_values(base, (*children, path.resolve()))
+    for key, value in entries.items():
         if key not in known:
-            raise InputError(path, key_line(doc, key), key, f"unknown config key (known: {', '.join(sorted(known))})")
+            raise InputError(path, key_line(doc, key), key, f"unknown config key (known: {BASE_KEY}, {', '.join(sorted(known))})")
         values[key] = _coerce(key, value, hints[key], str(path), key_line(doc, key))
+    return values
+
+
+def load_config(preset: str, overrides: list[str] | None = None) -> RunConfig:
+    """Load a preset (and the presets it is based on), then apply `key=value` overrides."""
+    path = preset_path(preset)
+    hints = get_type_hints(RunConfig)
+    known = {f.name for f in fields(RunConfig)}
+    values: dict[str, Any] = {**preset_values(path), "preset": str(path)}
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or key not in known:
