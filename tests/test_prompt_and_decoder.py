@@ -272,6 +272,22 @@ def test_drafted_names_give_the_same_calls_with_the_real_model(registry, tokeniz
 
 
 @pytest.mark.parametrize("backend", ["fast", "hf"])
+def test_drafting_the_rest_of_a_copied_value_gives_the_same_calls_in_fewer_passes(registry, tokenizer, base_model,
+                                                                                  backend):
+    engine = TransformersEngine(base_model, tokenizer, registry, backend=backend, dtype=torch.float32)
+    engine.decoder.null_bias = -50.0  # the base model must call the function to copy a title
+    texts = ["霸王别姬的导演是谁", "who directed the movie The Shawshank Redemption", "电影让子弹飞是谁导演的"]
+    args = [texts, [["media.movie.query_director"]] * len(texts), [()] * len(texts)]
+    engine.decoder.draft_copies = False
+    plain = engine.decoder.decode_batch(*args)
+    engine.decoder.draft_copies = True
+    drafted = engine.decoder.decode_batch(*args)
+    assert all(d.name == "media.movie.query_director" and d.arguments["title"] in t for d, t in zip(plain, texts, strict=True))
+    assert [(d.name, d.arguments) for d in drafted] == [(d.name, d.arguments) for d in plain]
+    assert sum(d.model_calls for d in drafted) < sum(d.model_calls for d in plain)
+
+
+@pytest.mark.parametrize("backend", ["fast", "hf"])
 def test_constrained_decode_with_the_real_model_always_gives_valid_calls(registry, tokenizer, base_model, backend):
     engine = TransformersEngine(base_model, tokenizer, registry, backend=backend)
     texts = ["把音量调到20", "霸王别姬的导演是谁", "switch to HDMI 2", "set a sleep timer for 30 minutes", "write me a poem"]

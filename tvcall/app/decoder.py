@@ -15,7 +15,9 @@ mass under that token relative to its node, so over a whole name the model's log
 
 The prior's favourite name is also a draft (`ConstrainedDecoder._passes`): its tokens run in the prompt's pass,
 which keeps a head per position, so each decision along it is read off that pass instead of a decode pass of
-its own; where the walk leaves the draft, the rest is dropped from the cache. The choices are the same.
+its own; where the walk leaves the draft, the rest is dropped from the cache. The choices are the same. Once a
+copied value has started, the rest of the utterance is the draft of the next pass in the same way: a title of
+ten tokens costs one pass, not ten.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tvcall.functions.registry import Registry
 from tvcall.functions.spec import FunctionSpec
 
 _CLOSE = object()  # marker: no more arguments
+DRAFT_TOKENS = 24  # longest draft of a copied value a pass checks (a Chinese title of 8 characters is ~16 tokens)
 MAX_COPY_CHARS = 100  # longest string slot value copied from an utterance (SNIPS has playlist names of 99)
 
 
@@ -55,6 +58,7 @@ class TokenTrie:
     def __init__(self, alternatives: Iterable[tuple[Sequence[int], Any]]) -> None:
         self.root = TrieNode()
         self.size = 0
+        self._heights: dict[int, int] = {}
         for tokens, payload in alternatives:
             node = self.root
             for token in tokens:
@@ -65,6 +69,28 @@ class TokenTrie:
 
     def first_tokens(self) -> frozenset[int]:
         return frozenset(self.root.children)
+
+    def height(self, node: TrieNode) -> int:
+        """Tokens on the longest path below `node` (memoised: a trie does not change once built)."""
+        if id(node) not in self._heights:
+            self._heights[id(node)] = 1 + max((self.height(child) for child in node.children.values()), default=-1)
+        return self._heights[id(node)]
+
+
+def goes_on_or_ends(trie: TokenTrie, node: TrieNode) -> bool:
+    """Whether a copied value has started at `node` and can only go on along the utterance or end there."""
+    return node is not trie.root and len(node.children) <= 2
+
+
+def longest_path(trie: TokenTrie, node: TrieNode) -> list[int]:
+    """The tokens of the longest alternative below `node` (`DRAFT_TOKENS` at most): in a copy trie, once a value
+    has started, the rest of the utterance from there (the likeliest continuation, and a draft to check in one pass;
+    the other child of each node ends the value with its closing quote merged into the last token)."""
+    path: list[int] = []
+    while node.children and len(path) < DRAFT_TOKENS:
+        token, node = max(node.children.items(), key=lambda item: trie.height(item[1]))
+        path.append(token)
+    return path
 
 
 def utterance_spans(text: str, max_chars: int = MAX_COPY_CHARS, taken: Sequence[tuple[int, int]] = ()) -> list[str]:
@@ -182,7 +208,8 @@ class _PriorMass:
         return torch.tensor([max(m - total, -30.0) for m in masses])  # a floor: no name is ruled out outright
 
 
-Step = tuple[list[int], list[int]]  # tokens to run first (empty: reuse the last state), tokens allowed next
+# tokens to run first (empty: reuse the last state), tokens allowed next, a guess of the tokens after them
+Step = tuple[list[int], list[int], list[int]]
 
 
 @dataclass
@@ -237,6 +264,7 @@ class ConstrainedDecoder:
         self.null_bias = 0.0  # added to the "no function" logit at the name's first token (see tvcall.eval.calibrate)
         self.prior_weight = 0.0  # how much the name prior counts against the model's own scores (calibrated too)
         self.speculate = True  # run the prior's favourite name with the prompt (`_passes`): same result, fewer passes
+        self.draft_copies = True  # check the rest of the utterance in one pass once a copied value starts (`_passes`)
 
     # --- tries -----------------------------------------------------------------------------------
     def _trie(self, alternatives: list[tuple[str, Any]]) -> TokenTrie:
@@ -292,9 +320,10 @@ class ConstrainedDecoder:
 
     @staticmethod
     def _choose(walk: _Walk, trie: TokenTrie, follow: frozenset[int] = frozenset(),
-                bias: tuple[int, float] | None = None,
-                prior: tuple[dict[Any, float], float] | None = None) -> Generator[Step, torch.Tensor, tuple[Any, float]]:
+                bias: tuple[int, float] | None = None, prior: tuple[dict[Any, float], float] | None = None,
+                drafts: bool = False) -> Generator[Step, torch.Tensor, tuple[Any, float]]:
         """Greedy walk of `trie`; `follow` are the first tokens of what comes next (to end a prefix alternative).
+        `drafts`: past the root, each step offers the trie's straight path ahead as a draft (a copied value).
 
         `bias` (token, logit offset) shifts one first token at the root; `walk.margin` records that token's
         unbiased logit minus the best other one there. `prior` (log-probability per payload, weight) adds the
@@ -315,7 +344,7 @@ class ConstrainedDecoder:
                 walk.feed([allowed[0]])
                 node = node.children[allowed[0]]
                 continue
-            scores = yield walk.take(), allowed
+            scores = yield walk.take(), allowed, longest_path(trie, node) if drafts and goes_on_or_ends(trie, node) else []
             if masses is not None and prior is not None:
                 scores = scores + prior[1] * masses.shares(node, allowed)
             if bias is not None and node is trie.root and bias[0] in allowed and len(allowed) > 1:
@@ -373,7 +402,8 @@ class ConstrainedDecoder:
                 position = props.index(key)
                 follow = self.key_trie(spec, position, available, filled).first_tokens()
                 value_trie = self.value_trie(spec.properties[key], text, said.get(key), tuple(taken))
-                value, lp = yield from self._choose(walk, value_trie, follow)
+                drafts = copied(spec.properties[key], said.get(key)) and self.draft_copies
+                value, lp = yield from self._choose(walk, value_trie, follow, drafts=drafts)
                 logprob += lp
                 arguments[key] = value
                 if copied(spec.properties[key], said.get(key)) and (place := free_occurrence(text, value, taken)):
@@ -400,15 +430,15 @@ class ConstrainedDecoder:
 
     def _passes(self, steps: Generator[Step, torch.Tensor, Decoded],
                 draft: Sequence[int]) -> Generator[Pass, torch.Tensor, Decoded]:
-        """Turn a decode's steps (tokens to run, tokens allowed next) into model passes, speculating `draft`.
+        """Turn a decode's steps (tokens to run, tokens allowed next, a guess) into model passes, speculating.
 
-        The first pass runs the `draft` tokens after the first step's and keeps a head per position. Each later step
-        whose tokens go on along the draft is answered from those heads without the model; at the first step that
-        leaves the draft, the rest of it is dropped from the cache. A pass of a few tokens costs about what a pass
-        of one does, and every choice is made on the head it would have been made on without the draft, so a right
-        guess saves the name's decode passes and a wrong one costs a few tokens in the first pass.
+        The first pass runs the `draft` tokens after the first step's and keeps a head per position; a later pass
+        runs its step's own guess the same way. Each later step whose tokens go on along the guess is answered from
+        those heads without the model; at the first step that leaves it, the rest is dropped from the cache. A pass
+        of a few tokens costs about what a pass of one does, and every choice is made on the head it would have been
+        made on without the guess, so a right guess saves decode passes and a wrong one costs a few tokens in a pass.
         """
-        run, allowed = next(steps)
+        run, allowed, hint = next(steps)
         heads: torch.Tensor | None = None  # the last pass's heads; row `at` is the state the decode is in
         ahead: list[int] = []  # drafted tokens in the cache that the decode has not fed yet
         at, passes = 0, 0
@@ -417,11 +447,11 @@ class ConstrainedDecoder:
                 at, ahead = at + len(run), ahead[len(run):]
             else:
                 agreed = common_prefix_length(run, ahead)
-                guess = list(draft[len(run):]) if passes == 0 and list(draft[:len(run)]) == run else []
+                guess = list(draft[len(run):]) if passes == 0 and list(draft[:len(run)]) == run else hint
                 heads = yield Pass(run[agreed:] + guess, keep=len(guess) + 1, rewind=len(ahead) - agreed)
                 passes, ahead, at = passes + 1, guess, 0
             try:
-                run, allowed = steps.send(self.lm.scores(heads[at], allowed))
+                run, allowed, hint = steps.send(self.lm.scores(heads[at], allowed))
             except StopIteration as done:
                 return replace(done.value, model_calls=passes)
 
