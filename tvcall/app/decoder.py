@@ -323,7 +323,7 @@ class ConstrainedDecoder:
                 bias: tuple[int, float] | None = None, prior: tuple[dict[Any, float], float] | None = None,
                 drafts: bool = False) -> Generator[Step, torch.Tensor, tuple[Any, float]]:
         """Greedy walk of `trie`; `follow` are the first tokens of what comes next (to end a prefix alternative).
-        `drafts`: past the root, each step offers the trie's straight path ahead as a draft (a copied value).
+        `drafts`: where a copied value can only go on or end, each step offers the trie's longest path ahead as a draft.
 
         `bias` (token, logit offset) shifts one first token at the root; `walk.margin` records that token's
         unbiased logit minus the best other one there. `prior` (log-probability per payload, weight) adds the
@@ -402,11 +402,11 @@ class ConstrainedDecoder:
                 position = props.index(key)
                 follow = self.key_trie(spec, position, available, filled).first_tokens()
                 value_trie = self.value_trie(spec.properties[key], text, said.get(key), tuple(taken))
-                drafts = copied(spec.properties[key], said.get(key)) and self.draft_copies
-                value, lp = yield from self._choose(walk, value_trie, follow, drafts=drafts)
+                is_copy = copied(spec.properties[key], said.get(key))
+                value, lp = yield from self._choose(walk, value_trie, follow, drafts=is_copy and self.draft_copies)
                 logprob += lp
                 arguments[key] = value
-                if copied(spec.properties[key], said.get(key)) and (place := free_occurrence(text, value, taken)):
+                if is_copy and (place := free_occurrence(text, value, taken)):
                     taken.append(place)
                     if not utterance_spans(text, taken=taken):  # every word is in a value: no more copies
                         available = frozenset(k for k in available if not copied(spec.properties[k], said.get(k)))
