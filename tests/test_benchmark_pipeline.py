@@ -106,20 +106,22 @@ def test_cli_formats_are_the_importers(source: Path) -> None:
 
 
 def test_a_run_folder_resolves_to_its_data_folders_registry(imported: Path, tmp_path: Path) -> None:
-    from tvcall.app.engine import run_registry
+    from tvcall.run import RunDir
 
     bench_run = write_run(tmp_path / "run-bench", imported, data_registry=True)
-    assert run_registry(bench_run).names == FUNCTIONS
-    assert run_registry(write_run(tmp_path / "run-synth", tmp_path / "gone")) is default_registry()  # a synthetic run, data deleted
-    assert run_registry(tmp_path / "exported", {"model": "m"}) is default_registry()  # a config recording no data folder
+    assert RunDir(bench_run).registry().names == FUNCTIONS
+    assert RunDir(write_run(tmp_path / "run-synth", tmp_path / "gone")).registry() is default_registry()  # a synthetic run, data deleted
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "exported" / "config.yaml").write_text("model: m\n")
+    assert RunDir(tmp_path / "exported").registry() is default_registry()  # a config recording no data folder
     moved = write_run(tmp_path / "run-moved", tmp_path / "moved", data_registry=True)
     with pytest.raises(InputError, match="data_dir: the run was trained on the registry in"):
-        run_registry(moved)
+        RunDir(moved).registry()
 
 
 def test_from_run_routes_over_the_runs_registry(imported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`TransformersEngine.from_run` (what `tvcall eval` and `route` load) with the model loading stubbed out."""
-    import tvcall.app.engine as engine_module
+    import tvcall.app.engine.hf_engine as engine_module
 
     seen = {}
 
@@ -129,8 +131,7 @@ def test_from_run_routes_over_the_runs_registry(imported: Path, tmp_path: Path, 
         self.registry, self.decoder = registry, SimpleNamespace(null_bias=0.0)
         self.retriever = Retriever(registry) if top_objects else None
 
-    monkeypatch.setattr(engine_module, "load_model", lambda source: SimpleNamespace(named_parameters=lambda: []))
-    monkeypatch.setattr(engine_module, "load_tokenizer", lambda source: None)
+    monkeypatch.setattr(engine_module, "load_run_model", lambda run_dir: (SimpleNamespace(named_parameters=lambda: []), None))
     monkeypatch.setattr(engine_module.TransformersEngine, "__init__", fake_init)
     engine = engine_module.TransformersEngine.from_run(write_run(tmp_path / "run", imported, data_registry=True))
     assert engine.registry.names == FUNCTIONS
@@ -152,16 +153,17 @@ def test_the_remote_backend_of_eval_and_route_uses_the_runs_registry(imported: P
 def test_training_retriever_on_a_flat_benchmark_and_on_one_with_domains(imported: Path, tmp_path: Path) -> None:
     from tvcall.data.importers import import_dataset
     from tvcall.data.splits import read_split
-    from tvcall.functions.retrieve import CLASSIFIER_FILE
+    from tvcall.run import CLASSIFIER_FILE, RunDir
     from tvcall.training.train import own_template_weights, train_retriever
 
     run = tmp_path / "run"
     run.mkdir()
+    run_dir = RunDir(run)
     (run / CLASSIFIER_FILE).write_text("stale")
     registry, train = registry_for_data(imported), read_split(imported, "train")
-    single = train_retriever(registry, [r for r in train if r.function == FUNCTIONS[0]], 0, run)  # nothing to classify
+    single = train_retriever(registry, [r for r in train if r.function == FUNCTIONS[0]], 0, run_dir)  # nothing to classify
     assert not (run / CLASSIFIER_FILE).exists() and single.classifier is None
-    flat = train_retriever(registry, train, 0, run)  # one object (toy.intent), its intents told apart by the classifier
+    flat = train_retriever(registry, train, 0, run_dir)  # one object (toy.intent), its intents told apart by the classifier
     assert (run / CLASSIFIER_FILE).exists()
     found = flat.retrieve("play music", 4, must_include="toy.intent.play_music")
     assert found.functions == FUNCTIONS and set(found.prior) == {*FUNCTIONS, None}
@@ -173,14 +175,14 @@ def test_training_retriever_on_a_flat_benchmark_and_on_one_with_domains(imported
     (tmp_path / "smp.json").write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
     import_dataset("smp2019", tmp_path / "smp.json", tmp_path / "smp", name="smp")
     smp = registry_for_data(tmp_path / "smp")
-    retriever = train_retriever(smp, read_split(tmp_path / "smp", "train"), 0, run)
+    retriever = train_retriever(smp, read_split(tmp_path / "smp", "train"), 0, run_dir)
     assert (run / CLASSIFIER_FILE).exists() and retriever.classifier is not None
     assert retriever.retrieve("北京天气", 1).functions == ["smp.weather.query"]
 
     two = [item for item in items if item["domain"] != "music"]  # a binary classifier gives one margin, not two scores
     (tmp_path / "smp2.json").write_text(json.dumps(two, ensure_ascii=False), encoding="utf-8")
     import_dataset("smp2019", tmp_path / "smp2.json", tmp_path / "smp2", name="smp")
-    retriever = train_retriever(registry_for_data(tmp_path / "smp2"), read_split(tmp_path / "smp2", "train"), 0, run)
+    retriever = train_retriever(registry_for_data(tmp_path / "smp2"), read_split(tmp_path / "smp2", "train"), 0, run_dir)
     assert retriever.classifier is not None
     assert retriever.retrieve("上海天气", 1).functions == ["smp.weather.query"]
     assert retriever.retrieve("打开微信", 1).functions == ["smp.app.launch"]
@@ -197,7 +199,7 @@ def test_eval_reads_the_split_of_the_folder_the_run_was_trained_on(imported: Pat
 
 
 def test_a_run_trained_with_an_earlier_prompt_format_is_refused_by_name(imported: Path, tmp_path: Path) -> None:
-    from tvcall.app.engine import TransformersEngine
+    from tvcall.app.engine.hf_engine import TransformersEngine
 
     run = write_run(tmp_path / "old-run", imported, prompt_format=1)
     with pytest.raises(InputError, match="prompt_format.*train it again"):

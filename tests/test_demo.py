@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tvcall.app.demo import Demo, launch, slot_highlights
-from tvcall.app.engine import RouteResult, TransformersEngine
+from tvcall.app.demo.page import Demo, launch, slot_highlights
+from tvcall.app.engine.base import RouteResult
+from tvcall.app.engine.hf_engine import TransformersEngine
 
 REPO = Path(__file__).parents[1]
 ARTIFACTS = REPO / "runs" / "artifacts" / "test_demo"

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from tvcall.training.train import ADAPTER_DIR, RUN_CONFIG
+from tvcall.run import ADAPTER_DIR
+from tvcall.run import CONFIG_FILE as RUN_CONFIG
 
 
 def _tvcall(*args, cwd):

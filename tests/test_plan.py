@@ -7,8 +7,8 @@ import pytest
 from peft import get_peft_model
 
 from tvcall.cli import main
-from tvcall.training.config import load_config
-from tvcall.training.loading import build_model, state_bytes
+from tvcall.model.build import build_model, state_bytes
+from tvcall.training.config import load_config, with_settings
 from tvcall.training.plan import SEED_STATIC_GB, method_config, plan
 from tvcall.training.train import lora_config
 
@@ -69,7 +69,7 @@ def test_activations_grow_with_batch_and_shrink_with_checkpointing():
     config = method_config("qwen2.5-7b", "lora")
     one, four = plan(config, 1, 512), plan(config, 4, 512)
     assert four.activations_bytes == 4 * one.activations_bytes
-    config.gradient_checkpointing = True
+    config = with_settings(config, gradient_checkpointing=True)
     assert plan(config, 1, 512).activations_bytes < one.activations_bytes / 2
 
 

@@ -7,13 +7,14 @@ import torch
 import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from tvcall.app.engine import TransformersEngine
+from tvcall.app.engine.hf_engine import TransformersEngine
 from tvcall.cli import main
 from tvcall.data.prompt import PROMPT_FORMAT, prompt_ids
+from tvcall.model.load import load_model
+from tvcall.run import ADAPTER_DIR, RunDir, TrainSummary
+from tvcall.run import CONFIG_FILE as RUN_CONFIG
 from tvcall.training.config import load_config
 from tvcall.training.export import export, merged_model
-from tvcall.training.model import load_model
-from tvcall.training.train import ADAPTER_DIR, RUN_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +24,10 @@ def lora_run(qwen_dir, qwen_tokenizer, tmp_path_factory):
     config = load_config("qwen2.5-7b-lora", [f"model={qwen_dir}", "dtype=float32", f"output_dir={run}"])
     torch.manual_seed(1)
     peft_model = get_peft_model(load_model(str(qwen_dir)), LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_target_modules, init_lora_weights=False, task_type="CAUSAL_LM"))
+        **config.lora, init_lora_weights=False, task_type="CAUSAL_LM"))
     peft_model.save_pretrained(run / ADAPTER_DIR)
     qwen_tokenizer.save_pretrained(run / ADAPTER_DIR)
-    (run / RUN_CONFIG).write_text(yaml.safe_dump({**config.to_dict(), "prompt_format": PROMPT_FORMAT}))
+    RunDir(run).write(config, TrainSummary(prompt_format=PROMPT_FORMAT))
     return run
 
 

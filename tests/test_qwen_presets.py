@@ -7,10 +7,11 @@ import torch
 from peft import get_peft_model
 from trl import SFTConfig
 
-from tvcall.training.config import load_config
-from tvcall.training.loading import attn_implementation, deepspeed_path, run_bnb_config
-from tvcall.training.model import load_model
-from tvcall.training.train import lora_config, optional_args
+from tvcall.model.build import attn_implementation, run_bnb_config
+from tvcall.model.load import load_model
+from tvcall.run import RunDir
+from tvcall.training.config import deepspeed_path, load_config
+from tvcall.training.train import lora_config, on_this_machine, training_args
 
 PRESETS = ["qwen2.5-7b-lora", "qwen2.5-7b-lora-all", "qwen2.5-7b-qlora", "qwen2.5-7b-full"]
 
@@ -18,35 +19,45 @@ PRESETS = ["qwen2.5-7b-lora", "qwen2.5-7b-lora-all", "qwen2.5-7b-qlora", "qwen2.
 @pytest.mark.parametrize("preset", PRESETS)
 def test_qwen_presets_load_and_name_the_hub_model(preset):
     config = load_config(preset)
-    assert config.model == "Qwen/Qwen2.5-7B-Instruct" and config.dtype == "bfloat16" and config.bf16
+    assert config.model == "Qwen/Qwen2.5-7B-Instruct" and config.dtype == "bfloat16" and config.trainer["bf16"]
     assert config.attn_implementation == "auto"
+    assert config.prompt_options is False  # bare prompts, as the CPU default measured best (the shared base says why)
+
+
+def test_qwen_presets_share_one_base_and_differ_only_where_they_say():
+    base = load_config("qwen2.5-7b")
+    for preset in PRESETS:
+        config = load_config(preset)
+        assert (config.model, config.dtype, config.retrieval_top_objects, config.num_train_examples) == (
+            base.model, base.dtype, base.retrieval_top_objects, base.num_train_examples)
+        assert config.trainer["lr_scheduler_type"] == base.trainer["lr_scheduler_type"] == "cosine"
 
 
 def test_each_preset_asks_for_its_method():
     lora, lora_all, qlora, full = (load_config(p) for p in PRESETS)
-    assert lora.method == "lora" and lora.lora_target_modules == ["q_proj", "v_proj"]
-    assert lora_all.method == "lora" and lora_all.lora_target_modules == "all-linear" and lora_all.lora_r > lora.lora_r
-    assert qlora.method == "qlora" and qlora.optim == "paged_adamw_8bit"
+    assert lora.method == "lora" and lora.lora["target_modules"] == ["q_proj", "v_proj"]
+    assert lora_all.method == "lora" and lora_all.lora["target_modules"] == "all-linear" and lora_all.lora["r"] > lora.lora["r"]
+    assert qlora.method == "qlora" and qlora.trainer["optim"] == "paged_adamw_8bit"
     assert (qlora.bnb_4bit_quant_type, qlora.bnb_4bit_use_double_quant, qlora.bnb_4bit_compute_dtype) == ("nf4", True, "bfloat16")
-    assert full.method == "full" and full.gradient_checkpointing
-    zero = json.loads(open(deepspeed_path(full.deepspeed)).read())
+    assert full.method == "full" and full.trainer["gradient_checkpointing"]
+    zero = json.loads(open(deepspeed_path(full.trainer["deepspeed"])).read())
     assert zero["zero_optimization"]["stage"] == 3 and zero["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
 
 
 def test_cpu_default_keeps_the_trainer_defaults_but_its_measured_speed_settings():
     """eager attention, bf16 frozen weights and bare prompts: each measured faster per example on 2 cores."""
     config = load_config("cpu-default")
-    assert (config.dtype, config.optim, config.deepspeed, config.attn_implementation) == ("bfloat16", None, None, "eager")
+    assert (config.dtype, config.attn_implementation) == ("bfloat16", "eager")
+    assert "optim" not in config.trainer and "deepspeed" not in config.trainer
     assert config.prompt_options is False and config.retrieval_top_objects == 4
-    assert optional_args(config) == {}
+    trainer_default = SFTConfig(output_dir="/tmp/unused", use_cpu=True).optim
+    assert training_args(on_this_machine(config), RunDir("/tmp/unused")).optim == trainer_default
 
 
 def test_optimizer_and_deepspeed_pass_through_to_sft_config(tmp_path):
-    qlora, full = load_config("qwen2.5-7b-qlora"), load_config("qwen2.5-7b-full")
-    assert optional_args(qlora) == {"optim": "paged_adamw_8bit"}
-    assert optional_args(full) == {"deepspeed": deepspeed_path("ds_zero3.json")}
-    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], **optional_args(qlora))
-    assert args.optim == "paged_adamw_8bit"
+    qlora = load_config("qwen2.5-7b-qlora")
+    assert training_args(qlora, RunDir(tmp_path)).optim == "paged_adamw_8bit"
+    assert load_config("qwen2.5-7b-full").trainer["deepspeed"] == "ds_zero3.json"  # resolved by training_args
 
 
 def test_qlora_builds_nf4_double_quant_bf16_compute():

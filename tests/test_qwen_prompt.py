@@ -2,12 +2,12 @@
 
 from trl import SFTConfig, SFTTrainer
 
-from tvcall.app.engine import TransformersEngine
+from tvcall.app.engine.hf_engine import TransformersEngine
 from tvcall.data import prompt as P
 from tvcall.data.splits import read_split
 from tvcall.functions.registry import default_registry
 from tvcall.functions.retrieve import Retriever
-from tvcall.training.model import load_model
+from tvcall.model.load import load_model
 from tvcall.training.train import build_dataset
 
 IM_START, IM_END = 151644, 151645

@@ -6,10 +6,12 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tvcall.app.engine import TransformersEngine
+from tvcall.app.engine.hf_engine import TransformersEngine
+from tvcall.run import ADAPTER_DIR
+from tvcall.run import CONFIG_FILE as RUN_CONFIG
 from tvcall.training.config import load_config
 from tvcall.training.plan import plan
-from tvcall.training.train import ADAPTER_DIR, RUN_CONFIG, on_this_machine, train
+from tvcall.training.train import on_this_machine, train
 
 
 def _config(preset, qwen_dir, qwen_data, out, *extra):

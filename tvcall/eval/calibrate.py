@@ -16,9 +16,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tvcall.app.engine import NameSettings, TransformersEngine
+from tvcall.app.engine.hf_engine import NameSettings, TransformersEngine
 from tvcall.data.record import Record, write_atomic
-from tvcall.training.train import CALIBRATION_FILE
+from tvcall.run import RunDir
 
 
 @dataclass
@@ -104,6 +104,6 @@ def calibrate(engine: TransformersEngine, records: list[Record], weights: tuple[
 
 
 def save(calibration: Calibration, run_dir: Path) -> Path:
-    path = Path(run_dir) / CALIBRATION_FILE
+    path = RunDir(run_dir).calibration_file
     write_atomic(path, json.dumps(asdict(calibration), indent=1) + "\n")
     return path

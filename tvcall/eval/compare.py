@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from seqeval.metrics.sequence_labeling import get_entities
 
 from tvcall.data.grounding import value_surfaces
@@ -19,6 +18,7 @@ from tvcall.data.splits import read_split
 from tvcall.errors import InputError
 from tvcall.eval.metrics import Prediction, bio_tags, exact
 from tvcall.functions.registry import Registry, default_registry, registry_for_data
+from tvcall.run import RunDir
 
 SIGNIFICANCE = 0.05
 CHUNK = 256  # bootstrap resamples drawn at a time: bounds the index matrix to CHUNK × n
@@ -97,13 +97,8 @@ def check_same_utterances(path_a: Path, rows_a: list[dict[str, Any]], path_b: Pa
 
 
 def run_data_dir(run: Path) -> Path | None:
-    """The data folder the run was trained on, from its config.yaml (read here rather than through the engine
-    module, which would import torch)."""
-    config = Path(run) / "config.yaml"
-    if not config.exists():
-        return None
-    data_dir = (yaml.safe_load(config.read_text()) or {}).get("data_dir")
-    return Path(data_dir) if data_dir else None
+    """The data folder the run was trained on, from its config.yaml."""
+    return RunDir(run).data_dir()
 
 
 def _lang(text: str) -> str:

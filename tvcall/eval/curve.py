@@ -11,25 +11,26 @@ from typing import TYPE_CHECKING, Any
 from tvcall.data.record import Record, write_atomic
 from tvcall.eval.plots import write_html_report
 from tvcall.eval.runner import evaluate
-from tvcall.training.export import read_run_config
-from tvcall.training.train import CHECKPOINTS_DIR
+from tvcall.run import RunDir
 
 if TYPE_CHECKING:
-    from tvcall.app.engine import NameSettings
+    from tvcall.app.engine.hf_engine import NameSettings
 
 CURVE_FILE = "learning_curve.json"
 
 
 def examples_seen(run_dir: Path) -> int:
     """Training examples the run (or checkpoint) has seen: recorded for a checkpoint, else steps × batch."""
-    config = read_run_config(run_dir)
-    if config.get("train_examples_seen"):
-        return int(config["train_examples_seen"])
-    return int(config["steps"]) * int(config["per_device_train_batch_size"]) * int(config.get("gradient_accumulation_steps", 1))
+    run = RunDir(run_dir)
+    summary, config = run.summary(), run.config()
+    if summary.train_examples_seen:
+        return summary.train_examples_seen
+    batch = config.training_setting("per_device_train_batch_size") * config.training_setting("gradient_accumulation_steps")
+    return summary.steps * batch
 
 
 def checkpoint_runs(run_dir: Path) -> list[Path]:
-    return sorted(p for p in (run_dir / CHECKPOINTS_DIR).glob("examples-*") if p.is_dir())
+    return [checkpoint.path for checkpoint in RunDir(run_dir).checkpoints()]
 
 
 def curve_point(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +42,7 @@ def learning_curve(run_dir: Path, records: list[Record], eval_dir: Path, meta: d
                    settings: NameSettings) -> Path:
     """Evaluates every checkpoint of `run_dir` (no latency sample), adds the run's own point from `eval_dir`, and
     writes `eval_dir/learning_curve.json` and the HTML report with the curve drawn."""
-    from tvcall.app.engine import TransformersEngine, release_freed_memory
+    from tvcall.app.engine.hf_engine import TransformersEngine, release_freed_memory
 
     points = []
     for checkpoint in checkpoint_runs(run_dir):

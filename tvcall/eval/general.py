@@ -98,16 +98,15 @@ def general_check(run_dir: Path, router: Any | None = None) -> Path:
     how often it abstains on them. Writes RUN/eval-general/general.json and general.md; returns the JSON's path."""
     from peft import PeftModel
 
-    from tvcall.training.export import read_run_config
-    from tvcall.training.model import load_model, load_tokenizer, model_source
-    from tvcall.training.train import ADAPTER_DIR
+    from tvcall.model.load import load_model, load_tokenizer
+    from tvcall.run import RunDir
 
-    run_dir = Path(run_dir)
-    adapter = run_dir / ADAPTER_DIR
-    if not (adapter / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{adapter} has no LoRA adapter: the general check compares the base model with its adapter")
-    source = model_source(run_dir, read_run_config(run_dir))
-    model = PeftModel.from_pretrained(load_model(source), adapter).eval()
+    run = RunDir(run_dir)
+    run_dir = run.path
+    if not run.has_adapter:
+        raise FileNotFoundError(f"{run.adapter_dir} has no LoRA adapter: the general check compares the base model with its adapter")
+    source = run.model_source()
+    model = PeftModel.from_pretrained(load_model(source), run.adapter_dir).eval()
     result = before_and_after(model, load_tokenizer(source))
     if router is not None:
         result["router_abstention_rate"] = sum(router.route(p.text).name is None for p in GENERAL_PROMPTS) / len(GENERAL_PROMPTS)

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tvcall.app.engine import Engine, RouteResult
+from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.data.record import Record, write_atomic
 from tvcall.eval.metrics import Prediction, per_domain, score
 from tvcall.eval.plots import write_html_report

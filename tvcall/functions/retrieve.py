@@ -31,8 +31,6 @@ from tvcall.functions.spec import LANGS, FunctionSpec
 
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
 _CJK = re.compile(r"[\u3400-\u9fff]+")
-DEFAULT_TOP_OBJECTS = 4
-CLASSIFIER_FILE = "classifier.joblib"  # in a run folder
 NO_FUNCTION = "<none>"  # the classifier's label for out-of-scope utterances
 
 
@@ -222,7 +220,7 @@ class Retriever:
             start += len(self.functions[key])
         return prior
 
-    def retrieve(self, text: str, k: int = DEFAULT_TOP_OBJECTS, must_include: str | None = None) -> Retrieved:
+    def retrieve(self, text: str, k: int, must_include: str | None = None) -> Retrieved:
         """Top-k objects; `must_include` (training: the gold function) replaces the last one when missed."""
         learned = self.classifier.scores(text) if self.classifier is not None else None
         scores = self._object_scores(text, learned)
@@ -240,9 +238,8 @@ class Retriever:
         )
 
 
-def run_classifier(run_dir: Path) -> FunctionClassifier | None:
-    """The classifier a run trained, if it has one."""
-    path = Path(run_dir) / CLASSIFIER_FILE
+def load_classifier(path: Path) -> FunctionClassifier | None:
+    """The classifier saved at `path` (a run's), if there is one."""
     return FunctionClassifier.load(path) if path.exists() else None
 
 

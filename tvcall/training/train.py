@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from datasets import Dataset
 from peft import LoraConfig
 from torch.optim.lr_scheduler import LambdaLR
@@ -26,14 +25,11 @@ from tvcall.data.prompt import PROMPT_FORMAT, training_example
 from tvcall.data.record import Record, write_atomic
 from tvcall.data.splits import read_manifest, read_split
 from tvcall.functions.registry import DATA_CATALOG_DIR, Registry, default_registry, registry_for_data
-from tvcall.functions.retrieve import CLASSIFIER_FILE, DEFAULT_TOP_OBJECTS, Retriever, fit_classifier
-from tvcall.training.config import RunConfig
-from tvcall.training.loading import build_model, deepspeed_path, state_bytes
-from tvcall.training.model import cpu_bf16_native, load_tokenizer
-
-ADAPTER_DIR = "adapter"
-RUN_CONFIG = "config.yaml"
-CALIBRATION_FILE = "calibration.json"  # the prior weight and abstention bias chosen on dev at the first eval
+from tvcall.functions.retrieve import Retriever, fit_classifier
+from tvcall.model.build import build_model, state_bytes
+from tvcall.model.load import cpu_bf16_native, load_tokenizer
+from tvcall.run import DEFAULT_TOP_OBJECTS, RunConfig, RunDir, TrainSummary
+from tvcall.training.config import deepspeed_path, with_settings
 
 
 class TimeBudget(TrainerCallback):
@@ -57,26 +53,19 @@ class TimeBudget(TrainerCallback):
             self.stopped_at_step = state.global_step
 
 
-CHECKPOINTS_DIR = "checkpoints"
-
-
-def clear_stale_outputs(run_dir: Path) -> None:
+def clear_stale_outputs(run: RunDir) -> None:
     """What an earlier run in this folder left that describes its own adapter: the calibration (the eval would keep
     it rather than choose one for the new adapter) and its checkpoints (the learning curve would mix them in)."""
-    (run_dir / CALIBRATION_FILE).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / CHECKPOINTS_DIR, ignore_errors=True)
-
-
-def checkpoint_dir(run_dir: Path, examples: int) -> Path:
-    return run_dir / CHECKPOINTS_DIR / f"examples-{examples:06d}"
+    run.calibration_file.unlink(missing_ok=True)
+    shutil.rmtree(run.checkpoints_dir, ignore_errors=True)
 
 
 class ExampleCheckpoints(TrainerCallback):
     """Saves the adapter once `counts` training examples have been seen, each in a run folder of its own under
     RUN/checkpoints/ (`link_checkpoints` completes them after training), for `tvcall eval --curve`."""
 
-    def __init__(self, run_dir: Path, counts: list[int]) -> None:
-        self.run_dir, self.pending = run_dir, sorted(counts)
+    def __init__(self, run: RunDir, counts: list[int]) -> None:
+        self.run, self.pending = run, sorted(counts)
         self.saved: dict[int, int] = {}  # examples → step
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
@@ -84,21 +73,20 @@ class ExampleCheckpoints(TrainerCallback):
         while self.pending and seen >= self.pending[0] and not control.should_training_stop:
             examples = self.pending.pop(0)
             if state.is_world_process_zero:
-                kwargs["model"].save_pretrained(str(checkpoint_dir(self.run_dir, examples) / ADAPTER_DIR))
+                kwargs["model"].save_pretrained(str(self.run.checkpoint(examples).adapter_dir))
             self.saved[examples] = state.global_step
 
 
-def link_checkpoints(run_dir: Path, saved: dict[int, int], run_config: dict[str, Any]) -> None:
+def link_checkpoints(run: RunDir, saved: dict[int, int], config: RunConfig, summary: TrainSummary) -> None:
     """Each checkpoint becomes a run folder: the run's config with its own count of examples and a link to the run's
     classifier (the curve varies the adapter alone)."""
     for examples, step in saved.items():
-        folder = checkpoint_dir(run_dir, examples)
-        config = {**run_config, "train_examples_seen": examples, "steps": step, "output_dir": str(folder)}
-        write_atomic(folder / RUN_CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-        if (run_dir / CLASSIFIER_FILE).exists():
-            link = folder / CLASSIFIER_FILE
-            link.unlink(missing_ok=True)
-            link.symlink_to(Path("..", "..", CLASSIFIER_FILE))
+        checkpoint = run.checkpoint(examples)
+        checkpoint.write(dataclasses.replace(config, output_dir=str(checkpoint.path)),
+                         dataclasses.replace(summary, train_examples_seen=examples, steps=step))
+        if run.classifier_file.exists():
+            checkpoint.classifier_file.unlink(missing_ok=True)
+            checkpoint.classifier_file.symlink_to(Path("..", "..", run.classifier_file.name))
 
 
 BUDGET_SCHEDULES = ("cosine", "linear")
@@ -221,15 +209,15 @@ def build_dataset(tokenizer: Any, records: list[Record], top_objects: int = DEFA
     return Dataset.from_list(rows)
 
 
-def train_retriever(registry: Registry, train_split: list[Record], seed: int, run_dir: Path) -> Retriever:
+def train_retriever(registry: Registry, train_split: list[Record], seed: int, run: RunDir) -> Retriever:
     """BM25 over `registry` plus a function classifier fitted on the whole training split (seconds) and saved in
     the run folder, where `run_classifier` finds it. A split with a single label has nothing to classify and keeps
     BM25 alone."""
     if len({r.function for r in train_split}) < 2:
-        (run_dir / CLASSIFIER_FILE).unlink(missing_ok=True)  # one left by an earlier run in this folder would be loaded
+        run.classifier_file.unlink(missing_ok=True)  # one left by an earlier run in this folder would be loaded
         return Retriever(registry)
     classifier = fit_classifier([(r.text, r.function) for r in train_split], seed)
-    classifier.save(run_dir / CLASSIFIER_FILE)
+    classifier.save(run.classifier_file)
     return Retriever(registry, classifier)
 
 
@@ -241,25 +229,31 @@ def decoder_linear_names(model: torch.nn.Module) -> list[str]:
 
 def lora_config(config: RunConfig, model: torch.nn.Module | None = None) -> LoraConfig:
     """`lora_top_layers`: adapters on the last N decoder layers only, so the backward pass stops below them."""
-    targets: str | list[str] = config.lora_target_modules
-    layers = None
+    settings: dict[str, Any] = {"task_type": "CAUSAL_LM", **config.lora}
     if config.lora_top_layers:
         if model is None:
             raise ValueError("lora_top_layers needs the model to count its layers")
         total = model.config.num_hidden_layers
-        layers = list(range(max(0, total - config.lora_top_layers), total))
-        if targets == "all-linear":
-            targets = decoder_linear_names(model)
-    return LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM",
-    )
+        settings["layers_to_transform"] = list(range(max(0, total - config.lora_top_layers), total))
+        if settings.get("target_modules") == "all-linear":
+            settings["target_modules"] = decoder_linear_names(model)
+    return LoraConfig(**settings)
 
 
-def optional_args(config: RunConfig) -> dict[str, Any]:
-    """SFTConfig fields set only when the run asks for them (the trainer's own defaults otherwise)."""
-    extra: dict[str, Any] = {"optim": config.optim, "deepspeed": deepspeed_path(config.deepspeed)}
-    return {key: value for key, value in extra.items() if value is not None}
+# SFTConfig fields tvcall sets for every run; a preset may still override any of them
+TRAINER_BASE: dict[str, Any] = {
+    "report_to": ["tensorboard"], "save_strategy": "no", "completion_only_loss": True, "max_length": None,
+    "train_sampling_strategy": "group_by_length", "dataloader_num_workers": 0,
+}
+
+
+def training_args(config: RunConfig, run: RunDir) -> SFTConfig:
+    """The trainer's settings: tvcall's fixed ones, then the preset's `trainer` fields, passed through unchanged."""
+    settings = {**TRAINER_BASE, "use_cpu": not torch.cuda.is_available(), **config.trainer,
+                "output_dir": str(run.trainer_dir), "seed": config.seed}
+    if settings.get("deepspeed"):
+        settings["deepspeed"] = deepspeed_path(settings["deepspeed"])
+    return SFTConfig(**settings)
 
 
 HALF_DTYPES = ("bfloat16", "float16")
@@ -270,20 +264,21 @@ def on_this_machine(config: RunConfig, gpu: bool | None = None, bf16_native: boo
     weights are emulated there, 29× slower a step: `cpu_bf16_native`). The resolved config.yaml records it."""
     gpu = torch.cuda.is_available() if gpu is None else gpu
     native = cpu_bf16_native() if bf16_native is None else bf16_native
-    if gpu or native or not (config.bf16 or config.dtype in HALF_DTYPES) or config.method == "qlora":
+    bf16 = config.training_setting("bf16")
+    if gpu or native or not (bf16 or config.dtype in HALF_DTYPES) or config.method == "qlora":
         return config
-    print(f"tvcall train: this CPU has no native bf16 (AVX512-BF16/AMX): training in float32, not bf16={config.bf16} "
+    print(f"tvcall train: this CPU has no native bf16 (AVX512-BF16/AMX): training in float32, not bf16={bf16} "
           f"dtype={config.dtype}", file=sys.stderr)
-    return dataclasses.replace(config, bf16=False, dtype="float32" if config.dtype in HALF_DTYPES else config.dtype)
+    return with_settings(config, bf16=False, dtype="float32" if config.dtype in HALF_DTYPES else config.dtype)
 
 
 def train(config: RunConfig) -> Path:
     config = on_this_machine(config)
     torch.manual_seed(config.seed)
-    run_dir = Path(config.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    clear_stale_outputs(run_dir)
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    run = RunDir(config.output_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    clear_stale_outputs(run)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.tensorboard_dir)
     data_dir = Path(config.data_dir)  # recorded in config.yaml as data_dir: serving loads the same registry from it
     manifest = read_manifest(data_dir)
     registry = registry_for_data(data_dir)  # an imported benchmark's own functions, else the shipped registry
@@ -293,31 +288,11 @@ def train(config: RunConfig) -> Path:
 
     tokenizer = load_tokenizer(config.model)
     # the whole training split teaches the retriever; the LLM sees the subset its budget allows
-    retriever = train_retriever(registry, train_split, config.seed, run_dir) if config.retrieval_top_objects else None
+    retriever = train_retriever(registry, train_split, config.seed, run) if config.retrieval_top_objects else None
     dataset = build_dataset(tokenizer, records, config.retrieval_top_objects if config.prompt_options else 0, retriever, registry)
     budget = TimeBudget(config.max_train_minutes or math.inf)
-    checkpoints = ExampleCheckpoints(run_dir, config.checkpoint_examples or [])
-    args = SFTConfig(
-        output_dir=str(run_dir / "trainer"),
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_ratio,
-        num_train_epochs=config.num_train_epochs,
-        bf16=config.bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
-        logging_steps=config.logging_steps,
-        report_to=["tensorboard"],
-        save_strategy="no",
-        seed=config.seed,
-        completion_only_loss=True,
-        max_length=None,
-        train_sampling_strategy="group_by_length",
-        dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-        **optional_args(config),
-    )
+    checkpoints = ExampleCheckpoints(run, config.checkpoint_examples or [])
+    args = training_args(config, run)
     model = build_model(config)  # after SFTConfig: under DeepSpeed ZeRO-3 the weights load already partitioned
     # on a GPU trl's fused head already skips the prompt positions (and DeepSpeed/parallel set-ups keep its path)
     trainer_class = BudgetScheduled if torch.cuda.is_available() else AnswerLossTrainer
@@ -333,21 +308,20 @@ def train(config: RunConfig) -> Path:
 
     # adapter + tokenizer (full: the whole model, in the run folder itself); every process calls this so that
     # ZeRO-3 can gather its shards, the main process writes
-    trainer.save_model(str(run_dir if config.method == "full" else run_dir / ADAPTER_DIR))
+    trainer.save_model(str(run.path if config.method == "full" else run.adapter_dir))
     if not trainer.is_world_process_zero():
-        return run_dir
-    summary = {
-        "prompt_format": PROMPT_FORMAT, "data_version": manifest["version"], "data_registry": (data_dir / DATA_CATALOG_DIR).exists(),
-        "registry_functions": len(registry), "train_examples": len(records),
-        "tokens": int(sum(len(ids) for ids in dataset["input_ids"])),
-        "steps": trainer.state.global_step, "stopped_by_time_budget_at_step": budget.stopped_at_step,
-        "train_minutes": round(minutes, 2), "train_loss": result.training_loss,
-        "params_trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "param_bytes": state_bytes(trainer.model),
-        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3) if torch.cuda.is_available() else None,
-    }
-    run_config = {**config.to_dict(), **summary}
-    write_atomic(run_dir / RUN_CONFIG, yaml.safe_dump(run_config, sort_keys=False, allow_unicode=True))
-    link_checkpoints(run_dir, checkpoints.saved, run_config)
-    write_atomic(run_dir / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in trainer.state.log_history))
-    return run_dir
+        return run.path
+    summary = TrainSummary(
+        prompt_format=PROMPT_FORMAT, data_version=manifest["version"], data_registry=(data_dir / DATA_CATALOG_DIR).exists(),
+        registry_functions=len(registry), train_examples=len(records),
+        tokens=int(sum(len(ids) for ids in dataset["input_ids"])),
+        steps=trainer.state.global_step, stopped_by_time_budget_at_step=budget.stopped_at_step,
+        train_minutes=round(minutes, 2), train_loss=result.training_loss,
+        params_trainable=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        param_bytes=state_bytes(trainer.model),
+        peak_gpu_memory_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3) if torch.cuda.is_available() else None,
+    )
+    run.write(config, summary)
+    link_checkpoints(run, checkpoints.saved, config, summary)
+    write_atomic(run.train_log_file, "".join(json.dumps(h) + "\n" for h in trainer.state.log_history))
+    return run.path

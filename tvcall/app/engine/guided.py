@@ -1,7 +1,7 @@
 """Guided decoding of a call in two generation requests, for backends that constrain a whole generation to a
 choice or a JSON schema (vLLM in-process, vLLM's OpenAI-compatible server, other OpenAI-compatible servers).
 
-The staged trie decoder (`tvcall.app.decoder`) constrains every token itself; these backends take one
+The staged trie decoder (`tvcall.app.engine.decoder`) constrains every token itself; these backends take one
 constraint per request, so a call is decoded in the same two stages with one request each:
 
 1. the name: the retrieved candidates and "no function", as a choice among the answer's own opening
@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tvcall.app.decoder import utterance_spans
-from tvcall.app.engine import Engine, RouteResult, run_prompt_options
+from tvcall.app.engine.base import Engine, RouteResult
+from tvcall.app.engine.decoder import utterance_spans
 from tvcall.data import prompt as P
 from tvcall.functions.registry import Registry, default_registry
-from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever, run_classifier
+from tvcall.functions.retrieve import Retriever, load_classifier
 from tvcall.functions.spec import strip_private_keywords
 from tvcall.functions.validate import call_errors
+from tvcall.run import DEFAULT_TOP_OBJECTS, RunDir
 
 NAME_MAX_TOKENS = 48  # `{"name": "domain.object.action"` is under 20 tokens in SmolLM2's and Qwen's vocabularies
 CALL_MAX_TOKENS = 256
@@ -165,14 +166,11 @@ class GuidedEngine(Engine):
 
     def use_run_retriever(self, run_dir: Path) -> None:
         """Retrieve and prompt as the run's model was trained (its classifier, when it has one)."""
-        from tvcall.training.export import read_run_config
-
-        try:
-            self.prompt_options = run_prompt_options(read_run_config(Path(run_dir)))
-        except FileNotFoundError:  # no run folder (a served model named by hand): the default prompt
-            pass
+        run = RunDir(run_dir)
+        if run.exists:  # else a served model named by hand: the default prompt
+            self.prompt_options = run.config().prompt_options
         if self.retriever is not None:  # the BM25 index built at construction stays; only the classifier is added
-            self.retriever.use_classifier(run_classifier(run_dir))
+            self.retriever.use_classifier(load_classifier(run.classifier_file))
 
     @abstractmethod
     def generate(self, prompts: Sequence[Prompt], stages: Sequence[Stage]) -> list[Generation]:

@@ -6,8 +6,8 @@ import json
 import secrets
 import time
 
-from tvcall.app.api_models import AssistantMessage, ChatRequest, ChatResponse, Choice, ToolCall, ToolFunction, Usage
-from tvcall.app.engine import RouteResult
+from tvcall.app.engine.base import RouteResult
+from tvcall.app.serve.api_models import AssistantMessage, ChatRequest, ChatResponse, Choice, ToolCall, ToolFunction, Usage
 
 NO_FUNCTION_REPLY = "No TV function matches this request."
 

@@ -3,7 +3,7 @@
 Three ways of asking, by what the server is (`protocol`):
 
 - "vllm" — vLLM's `vllm serve` with the fine-tuned model (the adapter merged, or a LoRA module selected by
-  `model`): the training prompt, and the two guided stages of `tvcall.app.guided` as vLLM's
+  `model`): the training prompt, and the two guided stages of `tvcall.app.engine.guided` as vLLM's
   `structured_outputs` request field (`{"choice": [...]}` for the name, `{"json": schema}` for the call);
 - "openai" — any server with OpenAI structured outputs: the same prompt and stages as `response_format`
   `json_schema` (vLLM takes this too, without the choice stage's exactness);
@@ -25,11 +25,12 @@ from typing import Any, Literal
 
 import httpx
 
-from tvcall.app.engine import RouteResult
-from tvcall.app.guided import Generation, GuidedEngine, Prompt, Stage, response_format, structured_outputs
+from tvcall.app.engine.base import RouteResult
+from tvcall.app.engine.guided import Generation, GuidedEngine, Prompt, Stage, response_format, structured_outputs
 from tvcall.functions.registry import Registry
-from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, language
+from tvcall.functions.retrieve import language
 from tvcall.functions.validate import call_errors
+from tvcall.run import DEFAULT_TOP_OBJECTS
 
 Protocol = Literal["vllm", "openai", "tools"]
 PROTOCOLS: tuple[str, ...] = ("vllm", "openai", "tools")

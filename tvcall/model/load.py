@@ -88,6 +88,15 @@ def load_model(model: str, dtype: torch.dtype = torch.float32, **kwargs: Any) ->
     return AutoModelForCausalLM.from_pretrained(resolve_model_path(model), dtype=dtype, **kwargs)
 
 
-def model_source(run_dir: Path, config: dict[str, Any]) -> str:
-    """A run folder that holds a whole model (a full fine-tune, an export) is its own base; else the config's model."""
-    return str(run_dir) if (Path(run_dir) / "config.json").exists() else config["model"]
+def load_run_model(run_dir: Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A run's model: its base (or the whole model the folder holds) with its LoRA adapter, if any, merged in."""
+    from peft import PeftModel
+
+    from tvcall.run import RunDir
+
+    run = RunDir(run_dir)
+    source = run.model_source()
+    model = load_model(source, dtype=dtype)
+    if run.has_adapter:
+        model = PeftModel.from_pretrained(model, run.adapter_dir).merge_and_unload()
+    return model, load_tokenizer(source)

@@ -15,46 +15,46 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from tvcall.app.engine import TransformersEngine
+from tests.standin import build_standin
+from tvcall.app.engine.hf_engine import TransformersEngine
 from tvcall.data.splits import read_split, write_splits
 from tvcall.data.synth import SynthConfig
 from tvcall.functions.registry import default_registry
+from tvcall.run import RunDir
+from tvcall.training.config import with_settings
 from tvcall.training.plan import gb, method_config, plan
-from tvcall.training.standin import build_standin
-from tvcall.training.train import RUN_CONFIG, train
+from tvcall.training.train import train
 
 METHODS = ("qlora", "lora")  # QLoRA first: nothing has run a forward through its 4-bit weights before it trains
 
 
 def run_method(method: str, model_dir: Path, data_dir: Path, out: Path, steps: int, batch: int) -> dict[str, Any]:
-    config = method_config(str(model_dir), method)
-    config.data_dir, config.output_dir = str(data_dir), str(out / f"run-{method}")
-    config.num_train_examples, config.per_device_train_batch_size, config.logging_steps = steps * batch, batch, 5
-    config.max_train_minutes = None
+    config = with_settings(method_config(str(model_dir), method), data_dir=str(data_dir), output_dir=str(out / f"run-{method}"),
+                           num_train_examples=steps * batch, per_device_train_batch_size=batch, logging_steps=5,
+                           max_train_minutes=None)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     run = train(config)
-    summary = yaml.safe_load((run / RUN_CONFIG).read_text())
-    seconds = summary["train_minutes"] * 60
+    summary = RunDir(run).summary()
+    seconds = (summary.train_minutes or 0) * 60
     longest = max(len(ids) for ids in _lengths(run))
     planned = plan(config, batch, longest)  # batches are padded to their longest example
     return {
-        "method": method, "run": str(run), "steps": summary["steps"], "train_loss": summary["train_loss"],
-        "tokens_per_s": round(summary["tokens"] / seconds, 1) if seconds else None,
-        "peak_gpu_memory_gb": summary["peak_gpu_memory_gb"], "param_bytes_gb": gb(summary["param_bytes"]),
+        "method": method, "run": str(run), "steps": summary.steps, "train_loss": summary.train_loss,
+        "tokens_per_s": round((summary.tokens or 0) / seconds, 1) if seconds else None,
+        "peak_gpu_memory_gb": summary.peak_gpu_memory_gb, "param_bytes_gb": gb(summary.param_bytes or 0),
         "plan": planned.to_json() | {"static_gb": gb(planned.static_bytes), "seq_len": longest},
     }
 
 
 def _lengths(run: Path) -> list[list[int]]:
-    from tvcall.training.model import load_tokenizer
+    from tvcall.model.load import load_tokenizer
     from tvcall.training.train import build_dataset
 
-    config = yaml.safe_load((run / RUN_CONFIG).read_text())
-    tokenizer = load_tokenizer(config["model"])
-    return build_dataset(tokenizer, read_split(Path(config["data_dir"]), "train")[: config["train_examples"]])["input_ids"]
+    config, summary = RunDir(run).config(), RunDir(run).summary()
+    tokenizer = load_tokenizer(config.model)
+    return build_dataset(tokenizer, read_split(Path(config.data_dir), "train")[: summary.train_examples])["input_ids"]
 
 
 def decode(run: str, texts: list[str]) -> dict[str, Any]:

@@ -1,62 +1,32 @@
-"""The inference engine: text in, a validated function call out. Backends implement `Engine.route`."""
+"""The local backend: a transformers model (base + merged adapter) with the staged constrained decoder."""
 
 from __future__ import annotations
 
 import ctypes
 import gc
 import json
-import math
 import random
 import time
-from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tvcall.app.decoder import ConstrainedDecoder, Decoded, TransformersLM, common_prefix_length
-from tvcall.app.fastlm import FastLlama
-from tvcall.data.prompt import PROMPT_FORMAT, prompt_ids
-from tvcall.errors import InputError
-from tvcall.functions.registry import DATA_CATALOG_DIR, Registry, default_registry, registry_for_data
-from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS, Retriever, run_classifier
+from tvcall.app.engine.base import Engine, RouteResult
+from tvcall.app.engine.decoder import ConstrainedDecoder, Decoded, TransformersLM, common_prefix_length
+from tvcall.app.engine.fastlm import FastLlama
+from tvcall.data.prompt import prompt_ids
+from tvcall.functions.registry import Registry, default_registry
+from tvcall.functions.retrieve import Retriever, load_classifier
 from tvcall.functions.validate import call_errors
-from tvcall.training.model import cpu_bf16_native, load_model, load_tokenizer, model_source
+from tvcall.model.load import cpu_bf16_native, load_run_model
+from tvcall.run import DEFAULT_RUN_DIR, DEFAULT_TOP_OBJECTS, RunDir
 
 MAX_PROMPT_TOKENS = 384  # the fast path's cache holds 512 tokens: room for the longest answer after the prompt
 FAST_BATCH = 16  # sequences the fast path decodes together: the router batches up to 16 requests
 INT8_DECODE_ROWS = 16  # passes of up to this many tokens run on the fast path's int8 weights (`FastLlama.int8_rows`)
 CALIBRATION_PROMPTS = 16  # prompts whose activation ranges smooth the fp32 fast path's int8 weights (`FastLlama.quantize`)
-
-
-@dataclass
-class RouteResult:
-    name: str | None
-    arguments: dict[str, Any]
-    confidence: float
-    latency_ms: float
-    raw: str  # what the model produced
-    errors: list[str] = field(default_factory=list)  # schema violations found after decoding
-    stats: dict[str, int] = field(default_factory=dict)
-    null_margin: float = math.nan  # "no function" logit minus the best name's at the first name token (unbiased)
-
-    @property
-    def valid(self) -> bool:
-        return not self.errors
-
-    def call(self) -> dict[str, Any]:
-        return {"name": None} if self.name is None else {"name": self.name, "arguments": self.arguments}
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Engine(ABC):
-    registry: Registry
-
-    @abstractmethod
-    def route(self, text: str) -> RouteResult: ...
 
 
 class TransformersEngine(Engine):
@@ -112,28 +82,19 @@ class TransformersEngine(Engine):
     @classmethod
     def from_run(cls, run_dir: Path, registry: Registry | None = None, backend: str = "fast") -> TransformersEngine:
         """Load the base model named in the run's config and merge the run's LoRA adapter into it."""
-        from peft import PeftModel
-
-        from tvcall.training.export import read_run_config
-        from tvcall.training.train import ADAPTER_DIR, RUN_CONFIG
-
-        config = read_run_config(Path(run_dir))
-        check_prompt_format(Path(run_dir) / RUN_CONFIG, config)
-        source = model_source(Path(run_dir), config)  # a full fine-tune or a `tvcall export` folder holds its own weights
-        model = load_model(source)
-        adapter = Path(run_dir) / ADAPTER_DIR
-        if (adapter / "adapter_config.json").exists():
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        run = RunDir(run_dir)
+        config = run.config()
+        run.check_prompt_format()
+        model, tokenizer = load_run_model(run.path)
         if getattr(model, "hf_quantizer", None) is not None or any(n.endswith("q_proj.bias") for n, _ in model.named_parameters()):
             backend = "hf"  # FastLlama takes plain bias-free weights: bitsandbytes exports and Qwen run through transformers
-        top_objects = int(config.get("retrieval_top_objects", 0))  # as the model was trained
-        registry = registry or run_registry(Path(run_dir), config)
-        engine = cls(model, load_tokenizer(source), registry, backend, top_objects, prompt_options=run_prompt_options(config))
+        engine = cls(model, tokenizer, registry or run.registry(), backend, config.retrieval_top_objects,
+                     prompt_options=config.prompt_options)  # retrieval as the model was trained
         del model  # the fast path holds its own copy: free this one before the classifier loads (the router's peak memory)
         release_freed_memory()
         if engine.retriever is not None:
-            engine.retriever.use_classifier(run_classifier(Path(run_dir)))
-        engine.name_settings = load_calibration(Path(run_dir))
+            engine.retriever.use_classifier(load_classifier(run.classifier_file))
+        engine.name_settings = load_calibration(run)
         return engine
 
     @property
@@ -181,37 +142,6 @@ class TransformersEngine(Engine):
         )
 
 
-def check_prompt_format(config_path: Path, config: dict[str, Any]) -> None:
-    """A run answers in the prompt format it was trained on; serving it with another one routes badly, silently."""
-    trained = int(config.get("prompt_format", 1))
-    if trained != PROMPT_FORMAT:
-        raise InputError(config_path, None, "prompt_format", f"the run was trained with prompt format {trained} and this "
-                         f"tvcall renders format {PROMPT_FORMAT} (tvcall/data/prompt.py): train it again (`tvcall train`)")
-
-
-def run_prompt_options(config: dict[str, Any]) -> bool:
-    """Whether the run's prompts listed the retrieved objects (runs from before the setting did)."""
-    return bool(config.get("prompt_options", True))
-
-
-def run_registry(run_dir: Path, config: dict[str, Any] | None = None) -> Registry:
-    """The registry a run was trained over: that of the data folder recorded in its config.yaml (`data_dir`), so an
-    imported benchmark's own functions (`registry_for_data`); the shipped registry for synthetic data, or when the
-    config records no data folder. `config`: the run's config.yaml when already read."""
-    from tvcall.training.export import read_run_config
-    from tvcall.training.train import RUN_CONFIG
-
-    path = Path(run_dir) / RUN_CONFIG
-    config = read_run_config(Path(run_dir)) if config is None else config
-    data_dir = config.get("data_dir")
-    if not data_dir:
-        return default_registry()
-    if config.get("data_registry") and not (Path(data_dir) / DATA_CATALOG_DIR).exists():
-        raise InputError(path, None, "data_dir", f"the run was trained on the registry in {Path(data_dir) / DATA_CATALOG_DIR}, "
-                         "which is missing (relative paths are read from the current folder)")
-    return registry_for_data(Path(data_dir))
-
-
 def fast_dtype() -> torch.dtype:
     """bf16 where the CPU multiplies it natively (AVX512-BF16 / AMX): on 2 cores it routed the test split 1.4× faster
     one at a time and 2.5× faster batched than fp32, with 594 of 600 calls identical; fp32 elsewhere."""
@@ -234,11 +164,9 @@ class NameSettings:
     object_sharpness: float = 1.0
 
 
-def load_calibration(run_dir: Path) -> NameSettings:
+def load_calibration(run: RunDir) -> NameSettings:
     """The settings chosen on dev; none chosen yet: no bias and no prior."""
-    from tvcall.training.train import CALIBRATION_FILE
-
-    path = Path(run_dir) / CALIBRATION_FILE
+    path = run.calibration_file
     if not path.exists():
         return NameSettings()
     chosen = json.loads(path.read_text())
@@ -259,3 +187,13 @@ def release_freed_memory() -> None:
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
+
+
+def load_engine(run: str | None, model: str | None = None, threads: int | None = None) -> TransformersEngine:
+    """The local engine of a run folder, or of a base model without adapter (`model`)."""
+    set_threads(threads)
+    if model:
+        from tvcall.model.load import load_model, load_tokenizer
+
+        return TransformersEngine(load_model(model), load_tokenizer(model))
+    return TransformersEngine.from_run(Path(run or DEFAULT_RUN_DIR))

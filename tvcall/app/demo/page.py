@@ -1,6 +1,6 @@
 """`tvcall demo`: the Gradio voice and text demo over the router's own pieces.
 
-A command (typed, recorded or uploaded) goes through offline speech recognition (`tvcall.app.asr`), then the
+A command (typed, recorded or uploaded) goes through offline speech recognition (`tvcall.app.demo.asr`), then the
 router's `route_text` (the batcher, its limits and time-out, an invalid call turned into none) and `execute`
 (the dispatcher on the simulated TV); risky calls are held in the router's `Confirmations` until the user
 confirms. The page shows the transcript, the call as JSON, the slots highlighted in the utterance, the
@@ -19,10 +19,10 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from tvcall.app.api_models import MAX_TEXT_CHARS, check_text
-from tvcall.app.asr import LANGS, AudioError, Transcript, load_model, transcribe
-from tvcall.app.engine import Engine, RouteResult
-from tvcall.app.router import RouterConfig, RouterState, execute, guess_lang, route_text
+from tvcall.app.demo.asr import LANGS, AudioError, Transcript, load_model, transcribe
+from tvcall.app.engine.base import Engine, RouteResult
+from tvcall.app.serve.api_models import MAX_TEXT_CHARS, check_text
+from tvcall.app.serve.router import RouterConfig, RouterState, execute, guess_lang, route_text
 from tvcall.data.grounding import value_surfaces  # the forms eval uses to locate a value in the text
 from tvcall.functions.spec import FunctionSpec
 

@@ -1,4 +1,4 @@
-"""How a run loads its base model: weight dtype, attention kernel, bitsandbytes quantisation, placement.
+"""How a run builds its base model for training: weight dtype, attention kernel, bitsandbytes quantisation, placement.
 
 lora and full load 16/32-bit weights; qlora loads the linear layers in 4-bit (NF4, double quantisation,
 bf16 compute) and prepares the model for k-bit training. Trap (MEASURED.md): never run an inference forward
@@ -8,14 +8,13 @@ on a 4-bit model before or during its training.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
-from tvcall.training.config import CONFIG_DIR, RunConfig
-from tvcall.training.model import load_model
+from tvcall.model.load import load_model
+from tvcall.run import RunConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -50,18 +49,6 @@ def run_bnb_config(config: RunConfig) -> BitsAndBytesConfig:
     return bnb_4bit_config(config.bnb_4bit_quant_type, config.bnb_4bit_use_double_quant, config.bnb_4bit_compute_dtype)
 
 
-def deepspeed_path(name: str | None) -> str | None:
-    """A DeepSpeed JSON file as given, or by bare name from the folder of presets (ds_zero3.json)."""
-    if not name:
-        return None
-    path = Path(name)
-    if not path.exists() and (CONFIG_DIR / name).exists():
-        path = CONFIG_DIR / name
-    if not path.exists():
-        raise FileNotFoundError(f"DeepSpeed config {name} not found (nor in {CONFIG_DIR})")
-    return str(path)
-
-
 def quantized_device_map() -> dict[str, int] | None:
     """A quantised model is placed at load time: each process's whole model on its own GPU."""
     if not torch.cuda.is_available():
@@ -83,7 +70,7 @@ def build_model(config: RunConfig) -> PreTrainedModel:
     if config.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.training_setting("gradient_checkpointing"))
     return model
 
 

@@ -1,6 +1,6 @@
 """The HTTP function router: text in, a validated call out, and, when asked, the call executed.
 
-`create_app(engine, config)` builds the FastAPI app; `tvcall serve` (tvcall/app/serve.py) runs it with
+`create_app(engine, config)` builds the FastAPI app; `tvcall serve` (tvcall/app/serve/server.py) runs it with
 uvicorn. Endpoints:
 
 - `POST /v1/route` — route a text; with `execute` run the call (risky ones wait for `/v1/confirm`);
@@ -25,8 +25,9 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, SecretStr
 
-from tvcall.app import openai_compat
-from tvcall.app.api_models import (
+from tvcall.app.engine.base import Engine, RouteResult
+from tvcall.app.serve import openai_compat
+from tvcall.app.serve.api_models import (
     MAX_TEXT_CHARS,
     ChatRequest,
     ChatResponse,
@@ -40,12 +41,11 @@ from tvcall.app.api_models import (
     RouteResponse,
     check_text,
 )
-from tvcall.app.batcher import Batcher, QueueFull, TextTooLong
-from tvcall.app.dispatch import Confirmations, Dispatcher, WebhookError
-from tvcall.app.engine import Engine, RouteResult
-from tvcall.app.http_errors import ERRORS, GET_ERRORS, install_error_handlers
-from tvcall.app.metrics import Metrics, RequestMetrics
-from tvcall.app.security import BodyLimit, escape_for_log, require_token
+from tvcall.app.serve.batcher import Batcher, QueueFull, TextTooLong
+from tvcall.app.serve.dispatch import Confirmations, Dispatcher, WebhookError
+from tvcall.app.serve.http_errors import ERRORS, GET_ERRORS, install_error_handlers
+from tvcall.app.serve.metrics import Metrics, RequestMetrics
+from tvcall.app.serve.security import BodyLimit, escape_for_log, require_token
 from tvcall.functions.tv import SimulatedTV
 
 log = logging.getLogger("tvcall.router")

@@ -8,14 +8,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from tvcall.app.engine import Engine
-from tvcall.app.router import RouterConfig, create_app
-from tvcall.app.security import check_binding
+from tvcall.app.engine.base import Engine
+from tvcall.app.engine.hf_engine import load_engine
+from tvcall.app.serve.router import RouterConfig, create_app
+from tvcall.app.serve.security import check_binding
 
 TOKEN_ENV = "TVCALL_API_TOKEN"  # an environment variable, not a flag: flags show in `ps`
 
@@ -30,20 +30,9 @@ class ServeOptions(BaseModel):
     router: RouterConfig = Field(default_factory=RouterConfig)
 
 
-def load_engine(run: str | None, model: str | None, threads: int | None = None) -> Engine:
-    from tvcall.app.engine import TransformersEngine, set_threads
-
-    set_threads(threads)
-    if model:
-        from tvcall.training.model import load_model, load_tokenizer
-
-        return TransformersEngine(load_model(model), load_tokenizer(model))
-    return TransformersEngine.from_run(Path(run or "runs/cpu-default"))
-
-
 def ready_schemas(engine: Engine) -> None:
     """Compile (or load from the disk cache) every argument schema before the first request, not during it."""
-    from tvcall.app.engine import TransformersEngine
+    from tvcall.app.engine.hf_engine import TransformersEngine
 
     if isinstance(engine, TransformersEngine):
         print(f"argument schemas ready in {engine.ready_schemas():.1f} s", file=sys.stderr)

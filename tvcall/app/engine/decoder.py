@@ -6,7 +6,7 @@ schema order, then each value from a trie of what its schema allows: enum values
 within the bounds, and, for string slots, only spans of the utterance (a copy constraint). Tokens the
 constraint forces (JSON punctuation, keys, the rest of a name once its prefix is unique) are fed to the model
 without asking it; the model only runs where there is a real choice. From the end of the name on, every token
-must also pass outlines' guide of the function's parameter schema (`tvcall.app.schema_guide`).
+must also pass outlines' guide of the function's parameter schema (`tvcall.app.engine.schema_guide`).
 
 At the name stage a prior over the candidate names (the retriever's classifier, `Retrieved.prior`) can join the
 model's scores as a product of experts: each name token's logit gains `prior_weight` times the log of the prior
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from outlines_core import Guide
 
-from tvcall.app.schema_guide import GuideError, SchemaGuides, admitted, advance
+from tvcall.app.engine.schema_guide import GuideError, SchemaGuides, admitted, advance
 from tvcall.data import prompt as P
 from tvcall.data.grounding import said_keys, said_matches, says_required, values_of
 from tvcall.functions.registry import Registry

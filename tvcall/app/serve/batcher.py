@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from tvcall.app.engine import Engine, RouteResult
+from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.data.prompt import prompt_ids
 
 DEFAULT_MAX_PROMPT_TOKENS = 384  # the fast backend's static cache holds 512; the answer needs the rest

@@ -1,5 +1,5 @@
 """The vLLM backend, in-process: `vllm.LLM` on the base model, LoRA adapters chosen per request, and the two
-guided stages of `tvcall.app.guided` as vLLM structured outputs (`StructuredOutputsParams`: a choice for the
+guided stages of `tvcall.app.engine.guided` as vLLM structured outputs (`StructuredOutputsParams`: a choice for the
 name, the call's JSON schema for the arguments).
 
 The prompt goes in as token ids from the one prompt renderer (`prompt_ids`), so vLLM sees exactly the tokens
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tvcall.app.guided import CALL_MAX_TOKENS, Generation, GuidedEngine, Prompt, Stage, structured_outputs
+from tvcall.app.engine.guided import CALL_MAX_TOKENS, Generation, GuidedEngine, Prompt, Stage, structured_outputs
 from tvcall.data.prompt import prompt_ids
 from tvcall.functions.registry import Registry
-from tvcall.functions.retrieve import DEFAULT_TOP_OBJECTS
+from tvcall.run import DEFAULT_TOP_OBJECTS, RunDir
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's `max_lora_rank` accepts
 
@@ -77,7 +77,7 @@ class VLLMEngine(GuidedEngine):
             from vllm import LLM
         except ImportError as exc:
             raise ImportError("the vllm backend needs vLLM on a GPU machine (pip install vllm)") from exc
-        from tvcall.training.model import load_tokenizer, resolve_model_path
+        from tvcall.model.load import load_tokenizer, resolve_model_path
 
         super().__init__(registry, top_objects, copy_spans)
         self.adapter = str(adapter) if adapter is not None else None
@@ -93,15 +93,11 @@ class VLLMEngine(GuidedEngine):
     @classmethod
     def from_run(cls, run_dir: Path, registry: Registry | None = None, **llm_kwargs: Any) -> VLLMEngine:
         """The run's base model with the run's adapter as the default, retrieving as the model was trained."""
-        from tvcall.training.export import read_run_config
-        from tvcall.training.model import model_source
-        from tvcall.training.train import ADAPTER_DIR
-
-        config = read_run_config(Path(run_dir))
-        adapter = Path(run_dir) / ADAPTER_DIR
-        engine = cls(model_source(Path(run_dir), config), adapter if (adapter / "adapter_config.json").exists() else None, registry,
-                     int(config.get("retrieval_top_objects", 0)), **llm_kwargs)
-        engine.use_run_retriever(Path(run_dir))
+        run = RunDir(run_dir)
+        config = run.config()
+        engine = cls(run.model_source(config), run.adapter_dir if run.has_adapter else None, registry,
+                     config.retrieval_top_objects, **llm_kwargs)
+        engine.use_run_retriever(run.path)
         return engine
 
     def generate(self, prompts: Sequence[Prompt], stages: Sequence[Stage]) -> list[Generation]:

@@ -1,0 +1,39 @@
+"""The inference engine's interface: text in, a validated function call out. Every backend implements `Engine.route`."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tvcall.functions.registry import Registry
+
+
+@dataclass
+class RouteResult:
+    name: str | None
+    arguments: dict[str, Any]
+    confidence: float
+    latency_ms: float
+    raw: str  # what the model produced
+    errors: list[str] = field(default_factory=list)  # schema violations found after decoding
+    stats: dict[str, int] = field(default_factory=dict)
+    null_margin: float = math.nan  # "no function" logit minus the best name's at the first name token (unbiased)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def call(self) -> dict[str, Any]:
+        return {"name": None} if self.name is None else {"name": self.name, "arguments": self.arguments}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Engine(ABC):
+    registry: Registry
+
+    @abstractmethod
+    def route(self, text: str) -> RouteResult: ...
