@@ -4,7 +4,7 @@ Starts the real server twice on 127.0.0.1 (a free port each time), once batching
 one at a time (`--max-batch 1`), drives each with the same clients for the same time, and prints p50/p95
 latency, requests/s and the throughput ratio. Exit status 1 if any request failed or any call was invalid.
 
-    .venv/bin/python scripts/load_test.py                          # the bar: base model, 16 clients, 60 s
+    .venv/bin/python scripts/load_test.py                          # base model, 16 clients, 60 s
     .venv/bin/python scripts/load_test.py --run runs/cpu-default   # with a trained adapter
     .venv/bin/python scripts/load_test.py --clients 4 --duration 10
 """

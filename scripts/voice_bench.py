@@ -1,6 +1,6 @@
 """Voice benchmark: espeak-ng speech → offline Whisper → the trained router, on fixed commands.
 
-20 English commands over 12 registry domains (the bar: end-to-end function accuracy ≥ 0.85) and a few
+20 English commands over 12 registry domains (target: end-to-end function accuracy ≥ 0.85) and a few
 Mandarin ones (espeak-ng's `cmn-latn-pinyin` voice reading pinyin). Reports word error rate (jiwer; for
 Mandarin the character error rate), end-to-end function accuracy (speech in, the call's name right),
 text-only accuracy on the reference text (what routing alone gets), and p50 latencies of speech

@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from tvcall.run import ADAPTER_DIR
-from tvcall.run import CONFIG_FILE as RUN_CONFIG
+from tvcall.run import ADAPTER_DIR, CONFIG_FILE
 
 
 def _tvcall(*args, cwd):
@@ -24,14 +23,14 @@ def test_synth_train_eval_route_end_to_end(tmp_path):
             "--set", "per_device_train_batch_size=8", "--set", "logging_steps=1",
             "--set", "checkpoint_examples=[8]", cwd=tmp_path)
     assert (run / ADAPTER_DIR / "adapter_config.json").exists()
-    config = (run / RUN_CONFIG).read_text()
+    config = (run / CONFIG_FILE).read_text()
     assert f"data_version: {manifest['version']}" in config and "steps: 2" in config
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert any("loss" in entry for entry in log)
 
     checkpoint = run / "checkpoints" / "examples-000008"
-    assert (checkpoint / ADAPTER_DIR / "adapter_config.json").exists() and "train_examples_seen: 8" in (checkpoint / RUN_CONFIG).read_text()
+    assert (checkpoint / ADAPTER_DIR / "adapter_config.json").exists() and "train_examples_seen: 8" in (checkpoint / CONFIG_FILE).read_text()
 
     out = _tvcall("eval", "--run", str(run), "--data", str(data), "--threads", "2", "--curve", cwd=tmp_path).stdout
     metrics_path = out.strip().splitlines()[-1]

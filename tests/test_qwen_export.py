@@ -11,8 +11,7 @@ from tvcall.app.engine.hf_engine import TransformersEngine
 from tvcall.cli import main
 from tvcall.data.prompt import PROMPT_FORMAT, prompt_ids
 from tvcall.model.load import load_model
-from tvcall.run import ADAPTER_DIR, RunDir, TrainSummary
-from tvcall.run import CONFIG_FILE as RUN_CONFIG
+from tvcall.run import ADAPTER_DIR, CONFIG_FILE, RunDir, TrainSummary
 from tvcall.training.config import load_config
 from tvcall.training.export import export, merged_model
 
@@ -49,7 +48,7 @@ def test_merge_gives_the_unmerged_adapters_logits(lora_run, qwen_dir, qwen_token
 def test_export_writes_safetensors_that_load_with_the_same_logits(lora_run, qwen_tokenizer, tmp_path):
     out = export(lora_run, tmp_path / "merged")
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
-    assert yaml.safe_load((out / RUN_CONFIG).read_text())["exported_from"]["run"] == str(lora_run)
+    assert yaml.safe_load((out / CONFIG_FILE).read_text())["exported_from"]["run"] == str(lora_run)
     ids = prompt_ids(qwen_tokenizer, "switch to HDMI 2")
     merged, _, _ = merged_model(lora_run)
     torch.testing.assert_close(_logits(load_model(str(out)), ids), _logits(merged, ids), atol=1e-5, rtol=1e-4)

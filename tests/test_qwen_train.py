@@ -7,8 +7,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tvcall.app.engine.hf_engine import TransformersEngine
-from tvcall.run import ADAPTER_DIR
-from tvcall.run import CONFIG_FILE as RUN_CONFIG
+from tvcall.run import ADAPTER_DIR, CONFIG_FILE
 from tvcall.training.config import load_config
 from tvcall.training.plan import plan
 from tvcall.training.train import on_this_machine, train
@@ -20,7 +19,7 @@ def _config(preset, qwen_dir, qwen_data, out, *extra):
 
 
 def _summary(run):
-    return yaml.safe_load((run / RUN_CONFIG).read_text())
+    return yaml.safe_load((run / CONFIG_FILE).read_text())
 
 
 @pytest.mark.parametrize("preset", ["qwen2.5-7b-lora", "qwen2.5-7b-qlora"])

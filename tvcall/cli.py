@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,15 +218,26 @@ def _calibrated(engine: Any, run_dir: Path, data_dir: Path) -> dict[str, Any]:
     return dataclasses.asdict(engine.name_settings)
 
 
+def _commands(texts: list[str]) -> Iterator[str]:
+    """The commands given as arguments, else stdin's lines as they arrive (blank lines skipped)."""
+    if texts:
+        yield from texts
+        return
+    if sys.stdin.isatty():
+        print("tvcall route: one command per line, Ctrl-D to end", file=sys.stderr)
+    for line in sys.stdin:
+        if line.strip():
+            yield line.strip()
+
+
 def cmd_route(args: argparse.Namespace) -> None:
-    engine = _backend_engine(args)
-    texts = args.text or [line.strip() for line in sys.stdin if line.strip()]
-    for text in texts:
+    engine = _backend_engine(args)  # loaded once, however many commands follow
+    for text in _commands(args.text):
         result = engine.route(text)
         out = result.call()
         if args.verbose:
             out |= {"confidence": round(result.confidence, 4), "latency_ms": round(result.latency_ms, 1), **result.stats}
-        print(json.dumps(out, ensure_ascii=False))
+        print(json.dumps(out, ensure_ascii=False), flush=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -357,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("route", help="route commands to function calls (from arguments or stdin)")
+    p = sub.add_parser("route", help="route commands to function calls: each argument, or with none, each line of stdin "
+                       "as it arrives (one model load for all)")
     p.add_argument("text", nargs="*")
     p.add_argument("--run", default=DEFAULT_RUN)
     p.add_argument("--threads", type=int)
@@ -404,7 +420,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Silence what the libraries print that a user cannot act on: deprecation notices about their own internals,
+    the weight-loading bar, bitsandbytes' note on an optional CPU kernel. Progress bars of long jobs (training,
+    evaluation) still go to stderr; an environment variable already set by the user wins."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_compare_parser().parse_args(argv[2:]) if argv[:2] == ["eval", "compare"] else build_parser().parse_args(argv)
     try:

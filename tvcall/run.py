@@ -108,46 +108,22 @@ def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if key in names}
 
 
-@dataclass(frozen=True)
 class RunDir:
     """A run folder and the files in it."""
 
-    path: Path
-
     def __init__(self, path: Path | str) -> None:
-        object.__setattr__(self, "path", Path(path))
+        self.path = Path(path)
+        self.config_file = self.path / CONFIG_FILE
+        self.adapter_dir = self.path / ADAPTER_DIR
+        self.calibration_file = self.path / CALIBRATION_FILE
+        self.classifier_file = self.path / CLASSIFIER_FILE
+        self.checkpoints_dir = self.path / CHECKPOINTS_DIR
+        self.train_log_file = self.path / TRAIN_LOG_FILE
+        self.tensorboard_dir = self.path / TENSORBOARD_DIR
+        self.trainer_dir = self.path / TRAINER_DIR
 
-    @property
-    def config_file(self) -> Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def adapter_dir(self) -> Path:
-        return self.path / ADAPTER_DIR
-
-    @property
-    def calibration_file(self) -> Path:
-        return self.path / CALIBRATION_FILE
-
-    @property
-    def classifier_file(self) -> Path:
-        return self.path / CLASSIFIER_FILE
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / CHECKPOINTS_DIR
-
-    @property
-    def train_log_file(self) -> Path:
-        return self.path / TRAIN_LOG_FILE
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.path / TENSORBOARD_DIR
-
-    @property
-    def trainer_dir(self) -> Path:
-        return self.path / TRAINER_DIR
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
 
     def eval_dir(self, split: str, *qualifiers: str | None) -> Path:
         """RUN/eval-SPLIT, with each given qualifier (a registry, a backend) appended: eval-test-full-remote."""

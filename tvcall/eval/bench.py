@@ -119,19 +119,19 @@ def unconstrained(engine: TransformersEngine, text: str, max_new_tokens: int = 6
     (answer, milliseconds including retrieval, as the constrained route's latency does)."""
     started = time.perf_counter()
     lm, eos = engine.decoder.lm, engine.tokenizer.eos_token_id
-    session = lm.open(engine.prompt(text))  # the same retrieval work as the routed call
+    stream = lm.open(engine.prompt(text))  # the same retrieval work as the routed call
     tokens: list[int] = []
     try:
         step: list[int] = []
         while len(tokens) < max_new_tokens:
-            hidden = lm.forward([session], [step])[0]
+            hidden = lm.forward([stream], [step])[0]
             token = int(torch.argmax(lm.logits(hidden) if hasattr(lm, "logits") else hidden))
             if token == eos:
                 break
             tokens.append(token)
             step = [token]
     finally:
-        lm.close(session)
+        lm.close(stream)
     return engine.tokenizer.decode(tokens), (time.perf_counter() - started) * 1000
 
 

@@ -1,6 +1,6 @@
 """Drive a running router from concurrent clients and report latency, throughput, errors and invalid calls.
 
-Used by scripts/load_test.py (the issue's bar) and the load test in tests/. `server_process` starts the real
+Used by scripts/load_test.py and the load test in tests/. `server_process` starts the real
 server (`tvcall serve`) as a subprocess on 127.0.0.1 and a free port; `drive` sends requests from client
 threads, bounded both in time and in count, and checks every answer against the registry.
 """

@@ -159,24 +159,24 @@ class TransformersLM:
     def open(self, prompt: list[int]) -> dict[str, Any]:
         return {"cache": None, "pending": list(prompt)}
 
-    def close(self, session: dict[str, Any]) -> None:
-        session["cache"] = None
+    def close(self, stream: dict[str, Any]) -> None:
+        stream["cache"] = None
 
-    def run(self, sessions: list[dict[str, Any]], tokens: list[list[int]], keep: list[int]) -> list[torch.Tensor]:
-        """Run each session's pending prompt plus its `tokens`; the logits of its last `keep[i]` positions."""
+    def run(self, streams: list[dict[str, Any]], tokens: list[list[int]], keep: list[int]) -> list[torch.Tensor]:
+        """Run each stream's pending prompt plus its `tokens`; the logits of its last `keep[i]` positions."""
         heads = []
-        for session, new, k in zip(sessions, tokens, keep, strict=True):
-            ids = session["pending"] + list(new)
+        for stream, new, k in zip(streams, tokens, keep, strict=True):
+            ids = stream["pending"] + list(new)
             with torch.inference_mode():
-                out = self.model(input_ids=torch.tensor([ids]), cache=session["cache"], use_cache=True,
+                out = self.model(input_ids=torch.tensor([ids]), cache=stream["cache"], use_cache=True,
                                  logits_to_keep=k)
-            session["cache"], session["pending"] = out.past_key_values, []
+            stream["cache"], stream["pending"] = out.past_key_values, []
             heads.append(out.logits[0, -k:].float())
         return heads
 
-    def rewind(self, session: dict[str, Any], count: int) -> None:
+    def rewind(self, stream: dict[str, Any], count: int) -> None:
         if count:
-            session["cache"].crop(-count)
+            stream["cache"].crop(-count)
 
     def scores(self, head: torch.Tensor, allowed: list[int]) -> torch.Tensor:
         return head[allowed]
@@ -475,7 +475,7 @@ class ConstrainedDecoder:
 
     def _decode_chunk(self, texts: list[str], candidates: list[Sequence[str] | None], options: list[Sequence[str]],
                       priors: list[dict[str | None, float] | None], name_only: bool = False) -> list[Decoded]:
-        sessions = [self.lm.open(P.prompt_ids(self.tokenizer, t, o)) for t, o in zip(texts, options, strict=True)]
+        streams = [self.lm.open(P.prompt_ids(self.tokenizer, t, o)) for t, o in zip(texts, options, strict=True)]
         try:
             walks = [self._passes(self._steps(t, c, p, name_only), self._draft(c, p))
                      for t, c, p in zip(texts, candidates, priors, strict=True)]
@@ -485,14 +485,14 @@ class ConstrainedDecoder:
                 asked = [p for p in passes if p is not None]
                 for i, p in zip(active, asked, strict=True):
                     if p.rewind:
-                        self.lm.rewind(sessions[i], p.rewind)
-                heads = self.lm.run([sessions[i] for i in active], [p.tokens for p in asked], [p.keep for p in asked])
+                        self.lm.rewind(streams[i], p.rewind)
+                heads = self.lm.run([streams[i] for i in active], [p.tokens for p in asked], [p.keep for p in asked])
                 for i, head in zip(active, heads, strict=True):
                     try:
                         passes[i] = walks[i].send(head)
                     except StopIteration as done:
                         passes[i], results[i] = None, done.value
         finally:
-            for session in sessions:
-                self.lm.close(session)
+            for stream in streams:
+                self.lm.close(stream)
         return [r for r in results if r is not None]

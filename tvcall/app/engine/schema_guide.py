@@ -62,7 +62,7 @@ def _vocabulary(tokenizer: Any) -> Vocabulary:
 @cache
 def _compiled(tokenizer: Any) -> tuple[dict[str, Index], Path]:
     """One schema JSON → index cache per tokenizer, shared by every decoder in the process (an eval's engine and its
-    reference, a test session's many engines) instead of rebuilt by each; and the folder of its indexes on disk."""
+    reference, a test run's many engines) instead of rebuilt by each; and the folder of its indexes on disk."""
     return {}, index_cache_dir(tokenizer)
 
 
