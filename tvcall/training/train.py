@@ -24,6 +24,7 @@ from trl import SFTConfig, SFTTrainer
 from tvcall.data.prompt import PROMPT_FORMAT, training_example
 from tvcall.data.record import Record, write_atomic
 from tvcall.data.splits import read_manifest, read_split
+from tvcall.errors import InputError
 from tvcall.functions.registry import DATA_CATALOG_DIR, Registry, default_registry, registry_for_data
 from tvcall.functions.retrieve import Retriever, fit_classifier
 from tvcall.model.build import build_model, state_bytes
@@ -272,6 +273,14 @@ def on_this_machine(config: RunConfig, gpu: bool | None = None, bf16_native: boo
     return with_settings(config, bf16=False, dtype="float32" if config.dtype in HALF_DTYPES else config.dtype)
 
 
+def checked_against(registry: Registry, records: list[Record], path: Path) -> list[Record]:
+    """Records of another data folder, each naming a function of the run's registry (else an error naming it)."""
+    for number, record in enumerate(records, start=1):
+        if record.function is not None and record.function not in registry:
+            raise InputError(path, number, "function", f"{record.function!r} is not in the registry of the run's data_dir")
+    return records
+
+
 def train(config: RunConfig) -> Path:
     config = on_this_machine(config)
     torch.manual_seed(config.seed)
@@ -283,6 +292,10 @@ def train(config: RunConfig) -> Path:
     manifest = read_manifest(data_dir)
     registry = registry_for_data(data_dir)  # an imported benchmark's own functions, else the shipped registry
     train_split = read_split(data_dir, "train")
+    versions = [manifest["version"]]
+    for extra in map(Path, config.extra_data_dirs or []):
+        versions.append(read_manifest(extra)["version"])
+        train_split += checked_against(registry, read_split(extra, "train"), extra / "train.jsonl")
     weights = own_template_weights(train_split, config.own_template_weight, registry) if config.own_template_weight != 1.0 else None
     records = training_subset(train_split, config.num_train_examples, config.seed, weights)
 
@@ -312,7 +325,7 @@ def train(config: RunConfig) -> Path:
     if not trainer.is_world_process_zero():
         return run.path
     summary = TrainSummary(
-        prompt_format=PROMPT_FORMAT, data_version=manifest["version"], data_registry=(data_dir / DATA_CATALOG_DIR).exists(),
+        prompt_format=PROMPT_FORMAT, data_version="+".join(versions), data_registry=(data_dir / DATA_CATALOG_DIR).exists(),
         registry_functions=len(registry), train_examples=len(records),
         tokens=int(sum(len(ids) for ids in dataset["input_ids"])),
         steps=trainer.state.global_step, stopped_by_time_budget_at_step=budget.stopped_at_step,

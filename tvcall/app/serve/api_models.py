@@ -56,7 +56,11 @@ class RouteRequest(Strict):
     execute: bool = Field(default=False, description="run the call on the TV; risky calls need /v1/confirm")
 
 
+REQUEST_ID_PATTERN = r"^(req|chatcmpl)-[0-9a-f]{32}$"
+
+
 class RouteResponse(BaseModel):
+    id: str = Field(description="this request's id in the traffic log, for POST /v1/feedback")
     name: str | None = Field(description="the function called, null when the text asks for no function")
     arguments: dict[str, Any]
     confidence: float
@@ -66,6 +70,22 @@ class RouteResponse(BaseModel):
     needs_confirmation: bool | None = omitted("true when a risky call was held: confirm it with `confirmation_token`")
     confirmation_token: str | None = omitted("single use, for POST /v1/confirm")
     expires_in_s: float | None = omitted("the token's lifetime")
+
+
+class CallBody(Strict):
+    name: str = Field(min_length=1, max_length=128)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class FeedbackRequest(Strict):
+    id: str = Field(pattern=REQUEST_ID_PATTERN, description="the `id` of a /v1/route answer (or a chat completion)")
+    correct: bool = Field(description="whether the answer was the call the user meant")
+    call: CallBody | None = Field(default=None, description="with correct=false: the right call (name null: no function)")
+
+
+class FeedbackResponse(BaseModel):
+    id: str
+    recorded: Literal[True] = True
 
 
 class ConfirmRequest(Strict):

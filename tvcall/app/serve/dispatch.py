@@ -44,6 +44,7 @@ class PendingCall:
     name: str
     arguments: dict[str, Any]
     expires_at: float
+    request_id: str | None = None  # the answered request that held it (the traffic log records the outcome)
 
 
 class Confirmations:
@@ -53,12 +54,12 @@ class Confirmations:
         self.ttl_s, self.max_pending = ttl_s, max_pending
         self._pending: OrderedDict[str, PendingCall] = OrderedDict()
 
-    def hold(self, name: str, arguments: dict[str, Any]) -> str:
+    def hold(self, name: str, arguments: dict[str, Any], request_id: str | None = None) -> str:
         self._expire()
         while len(self._pending) >= self.max_pending:
             self._pending.popitem(last=False)
         token = secrets.token_urlsafe(24)
-        self._pending[token] = PendingCall(name, dict(arguments), time.monotonic() + self.ttl_s)
+        self._pending[token] = PendingCall(name, dict(arguments), time.monotonic() + self.ttl_s, request_id)
         return token
 
     def take(self, token: str) -> PendingCall | None:

@@ -31,7 +31,7 @@ def wants_tools(request: ChatRequest) -> bool:
     return request.tool_choice != "none"
 
 
-def chat_response(request: ChatRequest, result: RouteResult) -> ChatResponse:
+def chat_response(request: ChatRequest, result: RouteResult, response_id: str | None = None) -> ChatResponse:
     allowed = allowed_names(request)
     name = result.name if wants_tools(request) and (allowed is None or result.name in allowed) else None
     if name is None:
@@ -43,7 +43,7 @@ def chat_response(request: ChatRequest, result: RouteResult) -> ChatResponse:
     completion = sum(result.stats.get(k, 0) for k in ("decided_tokens", "forced_tokens"))
     prompt = int(result.stats.get("prompt_tokens", 0))
     return ChatResponse(
-        id=f"chatcmpl-{secrets.token_hex(12)}", created=int(time.time()), model=request.model,
+        id=response_id or f"chatcmpl-{secrets.token_hex(12)}", created=int(time.time()), model=request.model,
         choices=[Choice(message=message, finish_reason=finish)],
         usage=Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion),
     )

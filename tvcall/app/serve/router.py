@@ -5,6 +5,7 @@ uvicorn. Endpoints:
 
 - `POST /v1/route` — route a text; with `execute` run the call (risky ones wait for `/v1/confirm`);
 - `POST /v1/confirm` — run a held risky call by its token;
+- `POST /v1/feedback` — the client says an answer was wrong, or gives the right call (kept in the traffic log);
 - `POST /v1/chat/completions` — OpenAI-compatible, the call as `tool_calls`;
 - `GET /v1/functions` — the registry as OpenAI `tools`, filterable by domain and text;
 - `GET /healthz`, `GET /metrics` (Prometheus).
@@ -16,9 +17,11 @@ unescaped (only lengths, names and escaped excerpts are logged).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
@@ -34,6 +37,8 @@ from tvcall.app.serve.api_models import (
     ConfirmRequest,
     ConfirmResponse,
     ErrorBody,
+    FeedbackRequest,
+    FeedbackResponse,
     FunctionList,
     Health,
     Lang,
@@ -46,7 +51,9 @@ from tvcall.app.serve.dispatch import Confirmations, Dispatcher, WebhookError
 from tvcall.app.serve.http_errors import ERRORS, GET_ERRORS, install_error_handlers
 from tvcall.app.serve.metrics import Metrics, RequestMetrics
 from tvcall.app.serve.security import BodyLimit, escape_for_log, require_token
+from tvcall.app.serve.traffic import Answered, TrafficLog, UnknownRequest, new_request_id
 from tvcall.functions.tv import SimulatedTV
+from tvcall.functions.validate import call_errors
 
 log = logging.getLogger("tvcall.router")
 CHAT_PATH = "/v1/chat/completions"
@@ -62,6 +69,9 @@ class RouterConfig(BaseModel):
     confirm_ttl_s: float = Field(default=120.0, gt=0)
     webhooks: dict[str, str] = Field(default_factory=dict, description="domain → URL that executes its calls")
     webhook_timeout_s: float = Field(default=5.0, gt=0)
+    traffic: str | None = Field(default=None, description="SQLite file of the traffic log (None: nothing is logged)")
+    run: str | None = Field(default=None, description="the run that answers, as the traffic log records it")
+    data_version: str | None = Field(default=None, description="the data version that run was trained on")
 
 
 class RouterState:
@@ -73,6 +83,16 @@ class RouterState:
         self.tv = tv or SimulatedTV(self.registry)
         self.dispatcher = Dispatcher(self.tv, config.webhooks, config.webhook_timeout_s)
         self.confirmations = Confirmations(config.confirm_ttl_s)
+        self.traffic = TrafficLog(Path(config.traffic), config.run, config.data_version) if config.traffic else None
+
+    async def log(self, answered: Answered) -> None:
+        """Keep an answered request; a failed write is counted and logged, never the request's failure."""
+        if self.traffic is not None and not await self.traffic.record(answered):
+            self.metrics.errors.labels("traffic_log").inc()
+
+    async def log_outcome(self, request_id: str | None, confirmation: str) -> None:
+        if self.traffic is not None and request_id is not None and not await self.traffic.mark(request_id, True, confirmation):
+            self.metrics.errors.labels("traffic_log").inc()
 
 
 def guess_lang(text: str) -> str:
@@ -112,17 +132,21 @@ def build_api(state: RouterState) -> APIRouter:
         started = time.perf_counter()
         result = await route_text(state, body.text)
         spec = state.registry[result.name] if result.name else None
-        response = RouteResponse(name=result.name, arguments=result.arguments, confidence=result.confidence,
-                                 latency_ms=0.0, risky=bool(spec and spec.risk == "confirm"))
+        response = RouteResponse(id=new_request_id("req"), name=result.name, arguments=result.arguments,
+                                 confidence=result.confidence, latency_ms=0.0, risky=bool(spec and spec.risk == "confirm"))
+        confirmation = None
         if body.execute and spec is not None:
             if response.risky:
-                response.needs_confirmation = True
-                response.confirmation_token = state.confirmations.hold(spec.name, result.arguments)
+                response.needs_confirmation, confirmation = True, "held"
+                response.confirmation_token = state.confirmations.hold(spec.name, result.arguments, response.id)
                 response.expires_in_s = state.config.confirm_ttl_s
                 state.metrics.confirmations.labels("held").inc()
             else:
                 response.result = await execute(state, spec.name, result.arguments, body.lang or guess_lang(body.text))
         response.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        await state.log(Answered(response.id, "/v1/route", body.text, body.lang or guess_lang(body.text), response.name,
+                                 response.arguments, response.confidence, response.latency_ms,
+                                 executed=response.result is not None, confirmation=confirmation))
         return response
 
     @api.post("/v1/confirm", response_model=ConfirmResponse, responses={**ERRORS, 404: {"model": ErrorBody}})
@@ -132,7 +156,28 @@ def build_api(state: RouterState) -> APIRouter:
             raise HTTPException(404, "unknown, used or expired confirmation token")
         state.metrics.confirmations.labels("confirmed").inc()
         result = await execute(state, pending.name, pending.arguments, body.lang)
+        await state.log_outcome(pending.request_id, "confirmed")
         return ConfirmResponse(name=pending.name, arguments=pending.arguments, result=result)
+
+    @api.post("/v1/feedback", response_model=FeedbackResponse, responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+    async def feedback(body: FeedbackRequest) -> FeedbackResponse:
+        if state.traffic is None:
+            raise HTTPException(409, "the traffic log is off (tvcall serve --no-traffic): there is nothing to give feedback on")
+        if body.call is not None:
+            if body.correct:
+                raise HTTPException(422, "call: give a call only with correct=false (the right call for a wrong answer)")
+            errors = call_errors(state.registry, body.call.name, body.call.arguments)
+            if errors:
+                raise HTTPException(422, f"call: {'; '.join(errors)}")
+        try:
+            await state.traffic.add_feedback(body.id, body.correct, body.call.name if body.call else None,
+                                             body.call.arguments if body.call else None)
+        except UnknownRequest:
+            raise HTTPException(404, f"id: no answered request {body.id} in the traffic log") from None
+        except sqlite3.Error as exc:
+            state.metrics.errors.labels("traffic_log").inc()
+            raise HTTPException(503, f"the traffic log could not record the feedback ({exc}); retry later") from None
+        return FeedbackResponse(id=body.id)
 
     @api.post(CHAT_PATH, response_model=ChatResponse, response_model_exclude_none=True, responses=ERRORS)
     async def chat_completions(body: ChatRequest) -> ChatResponse:
@@ -145,7 +190,13 @@ def build_api(state: RouterState) -> APIRouter:
             raise HTTPException(422, f"the last user message: {exc}") from None
         if len(text) > MAX_TEXT_CHARS:
             raise HTTPException(422, f"the last user message is over {MAX_TEXT_CHARS} characters")
-        return openai_compat.chat_response(body, await route_text(state, text))
+        result = await route_text(state, text)
+        response = openai_compat.chat_response(body, result, new_request_id("chatcmpl"))
+        calls = response.choices[0].message.tool_calls
+        name = calls[0].function.name if calls else None  # what the client got: a call outside its `tools` is none
+        await state.log(Answered(response.id, CHAT_PATH, text, guess_lang(text), name, result.arguments if name else {},
+                                 result.confidence, result.latency_ms))
+        return response
 
     @api.get("/v1/functions", response_model=FunctionList, responses=GET_ERRORS)
     async def functions(
@@ -188,6 +239,8 @@ def create_app(engine: Engine, config: RouterConfig | None = None, tv: Simulated
             yield
         finally:
             await state.batcher.stop()
+            if state.traffic is not None:
+                state.traffic.close()
 
     app = FastAPI(title="tvcall router", version="1", lifespan=lifespan,
                   description="TV commands (zh/en) → validated function calls, executed on request.")
