@@ -8,6 +8,7 @@ from tvcall.data.splits import read_split
 from tvcall.functions.registry import default_registry
 from tvcall.functions.retrieve import Retriever
 from tvcall.model.load import load_model
+from tvcall.run import DEFAULT_TOP_OBJECTS
 from tvcall.training.train import build_dataset
 
 IM_START, IM_END = 151644, 151645
@@ -28,7 +29,7 @@ def test_trainer_keeps_the_rendered_tokens_and_masks_the_prompt(qwen_dir, qwen_t
     trainer = SFTTrainer(model=load_model(str(qwen_dir)), args=args, train_dataset=dataset, processing_class=qwen_tokenizer)
     retriever = Retriever(default_registry())
     for row, record in zip(trainer.train_dataset, records, strict=True):
-        options = retriever.retrieve(record.text, must_include=record.function).options  # as training lists them
+        options = retriever.retrieve(record.text, DEFAULT_TOP_OBJECTS, must_include=record.function).options  # as training lists them
         prompt = P.prompt_ids(qwen_tokenizer, record.text, options)
         assert row["input_ids"] == P.training_example(qwen_tokenizer, record.text, record.function, record.arguments, options)["input_ids"]
         labels = trainer.data_collator([row])["labels"][0].tolist()

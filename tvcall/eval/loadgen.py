@@ -62,8 +62,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def drive(base_url: str, registry: Registry, clients: int, duration_s: float, max_requests: int,
-          texts: list[str] | None = None, token: str | None = None, request_timeout_s: float = 60.0) -> LoadReport:
-    """`clients` threads, each sending one request at a time until `duration_s` or `max_requests` in all."""
+          texts: list[str] | None = None, token: str | None = None, request_timeout_s: float = 60.0,
+          answered: list[str] | None = None) -> LoadReport:
+    """`clients` threads, each sending one request at a time until `duration_s` or `max_requests` in all;
+    `answered` collects the ids of the requests answered 200."""
     texts = texts or COMMANDS
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     lock = threading.Lock()
@@ -98,6 +100,8 @@ def drive(base_url: str, registry: Registry, clients: int, duration_s: float, ma
                     invalid += bad
                     if status == "200":
                         latencies.append(elapsed)
+                        if answered is not None:
+                            answered.append(response.json()["id"])
 
     started = time.monotonic()
     threads = [threading.Thread(target=client_loop, name=f"load-client-{i}") for i in range(clients)]
@@ -115,13 +119,17 @@ def drive(base_url: str, registry: Registry, clients: int, duration_s: float, ma
 
 
 @contextmanager
-def server_process(serve_args: list[str], start_timeout_s: float = 180.0, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run `tvcall serve --host 127.0.0.1 --port 0 SERVE_ARGS…` in a subprocess; yield its base URL."""
+def server_process(serve_args: list[str], start_timeout_s: float = 180.0, env: dict[str, str] | None = None,
+                   started: list[subprocess.Popen[bytes]] | None = None) -> Iterator[str]:
+    """Run `tvcall serve --host 127.0.0.1 --port 0 SERVE_ARGS…` in a subprocess; yield its base URL (`started`
+    receives the process, for a caller that kills it)."""
     with tempfile.TemporaryDirectory(prefix="tvcall-serve-") as tmp:
         log_path = Path(tmp) / "server.log"
         with log_path.open("wb") as log:
             command = [sys.executable, "-m", "tvcall.cli", "serve", "--host", "127.0.0.1", "--port", "0", *serve_args]
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+            if started is not None:
+                started.append(process)
             try:
                 yield _wait_until_running(process, log_path, start_timeout_s)
             finally:
