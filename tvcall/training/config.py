@@ -95,7 +95,10 @@ def _apply(values: dict[str, Any], key: str, value: Any, source: str | Path, lin
     if routed is None:
         raise InputError(source, line, key, _unknown(key))
     where, name, hint = routed
-    coerced = _coerce(key, value, hint, source, line)
+    # a passed-through value keeps the type YAML gave it (10 stays an int where trl declares a float); a string is
+    # read as the field's type, so that a bad value names its key here rather than deep in the trainer
+    passed = where in PASSED_THROUGH and not isinstance(value, str)
+    coerced = value if passed else _coerce(key, value, hint, source, line)
     if where in PASSED_THROUGH:
         values.setdefault(where, {})[name] = coerced
     else:
