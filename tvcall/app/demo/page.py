@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import HTTPException
 
 from tvcall.app.demo.asr import LANGS, AudioError, Transcript, load_model, transcribe
+from tvcall.app.demo.review import Draft, ReviewDesk, highlights
 from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.app.serve.api_models import MAX_TEXT_CHARS, check_text
 from tvcall.app.serve.router import RouterConfig, RouterState, execute, guess_lang, route_text
@@ -115,8 +116,10 @@ def tv_panel(state: RouterState, executed: int) -> str:
 class Demo:
     """The demo's logic, independent of Gradio: one simulated TV and one router state shared by all users."""
 
-    def __init__(self, engine: Engine, transcriber: Transcriber | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, engine: Engine, transcriber: Transcriber | None = None, timeout_s: float = 30.0,
+                 review: ReviewDesk | None = None) -> None:
         self.state = RouterState(engine, RouterConfig(timeout_s=timeout_s, max_batch=4), None)
+        self.review = review
         self.transcriber = transcriber or transcribe
         self.executed = 0
         self._langs: dict[str, str] = {}  # confirmation token → the command's language
@@ -211,55 +214,116 @@ def build_app(demo: Demo) -> Any:
     with gr.Blocks(title="tvcall demo", analytics_enabled=False) as app:
         gr.Markdown("## tvcall: TV commands by voice or text (English / 中文)\nType, record or upload a command; "
                     "the router turns it into a function call and the simulated TV runs it. Risky calls ask first.")
-        pending = gr.State(None)
-        with gr.Row():
-            with gr.Column(scale=3):
-                with gr.Row():
-                    command = gr.Textbox(label="Command", placeholder="turn up the volume / 把音量调到二十", elem_id="command", scale=4)
-                    route_btn = gr.Button("Route", variant="primary", elem_id="route", scale=1)
-                with gr.Row():
-                    audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Voice command", elem_id="audio", scale=3)
-                    with gr.Column(scale=1):
-                        lang = gr.Radio(list(LANGS), value="en", label="Speech language", elem_id="lang")
-                        speak_btn = gr.Button("Recognise and route", elem_id="speak")
-                status = gr.Markdown(elem_id="status")
-                with gr.Row(visible=False, elem_id="confirm-row") as confirm_row:
-                    question = gr.Markdown()
-                    confirm_btn = gr.Button("Confirm", variant="stop", elem_id="confirm")
-                    cancel_btn = gr.Button("Cancel", elem_id="cancel")
-                transcript = gr.Textbox(label="Transcript (speech recognition)", interactive=False, elem_id="transcript")
-                slots = gr.HighlightedText(label="Slots in the utterance", elem_id="slots", show_legend=True)
-                call = gr.JSON(label="Function call", elem_id="call")
-                timing = gr.Markdown(elem_id="timing")
-            with gr.Column(scale=2):
-                panel = gr.HTML(demo.panel(), elem_id="tv")
-        outputs = [status, transcript, slots, call, timing, confirm_row, question, pending, panel]
-
-        def shown(outcome: Outcome) -> tuple[Any, ...]:
-            return (outcome.status, outcome.transcript, outcome.highlights, outcome.call, outcome.timing,
-                    gr.update(visible=outcome.pending is not None), outcome.question, outcome.pending, demo.panel())
-
-        async def on_text(text: str | None) -> tuple[Any, ...]:
-            return shown(await demo.run_text(text))
-
-        async def on_audio(path: str | None, language: str) -> tuple[Any, ...]:
-            return shown(await demo.run_audio(path, language))
-
-        async def on_confirm(token: str | None) -> tuple[Any, ...]:
-            return await demo.confirm(token), gr.update(visible=False), None, demo.panel()
-
-        def on_cancel(token: str | None) -> tuple[Any, ...]:
-            return demo.cancel(token), gr.update(visible=False), None, demo.panel()
-
-        route_btn.click(on_text, [command], outputs)
-        command.submit(on_text, [command], outputs)
-        speak_btn.click(on_audio, [audio, lang], outputs)
-        confirm_btn.click(on_confirm, [pending], [status, confirm_row, pending, panel])
-        cancel_btn.click(on_cancel, [pending], [status, confirm_row, pending, panel])
-        for language, label in (("en", "English examples"), ("zh", "中文示例")):
-            gr.Examples([[t] for t in EXAMPLES[language]], inputs=[command], outputs=outputs, fn=on_text,
-                        run_on_click=True, cache_examples=False, label=label)
+        with gr.Tab("Route", elem_id="tab-route"):
+            route_tab(demo)
+        if demo.review is not None:
+            with gr.Tab("Review", elem_id="tab-review"):
+                load, inputs, outputs = review_tab(demo.review)
+            app.load(load, inputs, outputs)  # the queue's first request, at each page load
     return app
+
+
+def route_tab(demo: Demo) -> None:
+    import gradio as gr
+
+    pending = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                command = gr.Textbox(label="Command", placeholder="turn up the volume / 把音量调到二十", elem_id="command", scale=4)
+                route_btn = gr.Button("Route", variant="primary", elem_id="route", scale=1)
+            with gr.Row():
+                audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Voice command", elem_id="audio", scale=3)
+                with gr.Column(scale=1):
+                    lang = gr.Radio(list(LANGS), value="en", label="Speech language", elem_id="lang")
+                    speak_btn = gr.Button("Recognise and route", elem_id="speak")
+            status = gr.Markdown(elem_id="status")
+            with gr.Row(visible=False, elem_id="confirm-row") as confirm_row:
+                question = gr.Markdown()
+                confirm_btn = gr.Button("Confirm", variant="stop", elem_id="confirm")
+                cancel_btn = gr.Button("Cancel", elem_id="cancel")
+            transcript = gr.Textbox(label="Transcript (speech recognition)", interactive=False, elem_id="transcript")
+            slots = gr.HighlightedText(label="Slots in the utterance", elem_id="slots", show_legend=True)
+            call = gr.JSON(label="Function call", elem_id="call")
+            timing = gr.Markdown(elem_id="timing")
+        with gr.Column(scale=2):
+            panel = gr.HTML(demo.panel(), elem_id="tv")
+    outputs = [status, transcript, slots, call, timing, confirm_row, question, pending, panel]
+
+    def shown(outcome: Outcome) -> tuple[Any, ...]:
+        return (outcome.status, outcome.transcript, outcome.highlights, outcome.call, outcome.timing,
+                gr.update(visible=outcome.pending is not None), outcome.question, outcome.pending, demo.panel())
+
+    async def on_text(text: str | None) -> tuple[Any, ...]:
+        return shown(await demo.run_text(text))
+
+    async def on_audio(path: str | None, language: str) -> tuple[Any, ...]:
+        return shown(await demo.run_audio(path, language))
+
+    async def on_confirm(token: str | None) -> tuple[Any, ...]:
+        return await demo.confirm(token), gr.update(visible=False), None, demo.panel()
+
+    def on_cancel(token: str | None) -> tuple[Any, ...]:
+        return demo.cancel(token), gr.update(visible=False), None, demo.panel()
+
+    route_btn.click(on_text, [command], outputs)
+    command.submit(on_text, [command], outputs)
+    speak_btn.click(on_audio, [audio, lang], outputs)
+    confirm_btn.click(on_confirm, [pending], [status, confirm_row, pending, panel])
+    cancel_btn.click(on_cancel, [pending], [status, confirm_row, pending, panel])
+    for language, label in (("en", "English examples"), ("zh", "中文示例")):
+        gr.Examples([[t] for t in EXAMPLES[language]], inputs=[command], outputs=outputs, fn=on_text,
+                    run_on_click=True, cache_examples=False, label=label)
+
+
+def review_tab(desk: ReviewDesk) -> tuple[Any, list[Any], list[Any]]:
+    """The traffic log's review queue: accept or correct the call, mark slot spans by selecting text, save."""
+    import gradio as gr
+
+    request_id, skipped, spans, selection = gr.State(None), gr.State([]), gr.State([]), gr.State(None)
+    heading = gr.Markdown(elem_id="review-heading")
+    text = gr.Textbox(label="Utterance: select a slot's text, choose the slot, then Mark", interactive=False, elem_id="review-text")
+    with gr.Row():
+        slot = gr.Dropdown(label="Slot", choices=[], allow_custom_value=True, elem_id="review-slot", scale=2)
+        mark_btn = gr.Button("Mark span", elem_id="review-mark", scale=1)
+    marked = gr.HighlightedText(label="Marked spans", elem_id="review-spans", show_legend=True)
+    with gr.Row():
+        name = gr.Textbox(label="Function (empty: no function)", elem_id="review-name", scale=2)
+        arguments = gr.Textbox(label="Arguments (JSON)", elem_id="review-arguments", scale=3)
+    with gr.Row():
+        save_btn = gr.Button("Save", variant="primary", elem_id="review-save")
+        skip_btn = gr.Button("Skip", elem_id="review-skip")
+    status = gr.Markdown(elem_id="review-status")
+    shown = [request_id, heading, text, name, arguments, spans, marked, slot, selection]
+
+    def show(draft: Draft) -> tuple[Any, ...]:
+        slots = sorted(desk.registry[draft.name].properties) if draft.name in desk.registry else []
+        return (draft.request_id, draft.heading, draft.text, draft.name, draft.arguments, draft.spans,
+                highlights(draft.text, draft.spans), gr.update(choices=slots, value=slots[0] if slots else None), None)
+
+    def on_load(skip: list[str]) -> tuple[Any, ...]:
+        return show(desk.draft(skip))
+
+    def on_select(event: gr.SelectData) -> list[int]:
+        return list(event.index)  # [start, end) of the selected characters
+
+    def on_mark(utterance: str, current: list[Any], chosen: tuple[int, int] | None, slot_name: str | None) -> tuple[Any, ...]:
+        updated, message = desk.mark(utterance, current, chosen, slot_name)
+        return updated, highlights(utterance, updated), message
+
+    def on_save(current_id: str | None, skip: list[str], function: str, values: str, current: list[Any]) -> tuple[Any, ...]:
+        saved, message = desk.save(current_id, function, values, current)
+        return (*show(desk.draft(skip)), message) if saved else (*(gr.update() for _ in shown), message)
+
+    def on_skip(current_id: str | None, skip: list[str]) -> tuple[Any, ...]:
+        skip = [*skip, current_id] if current_id else skip
+        return (skip, *show(desk.draft(skip)), "")
+
+    text.select(on_select, None, selection)
+    mark_btn.click(on_mark, [text, spans, selection, slot], [spans, marked, status])
+    save_btn.click(on_save, [request_id, skipped, name, arguments, spans], [*shown, status])
+    skip_btn.click(on_skip, [request_id, skipped], [skipped, *shown, status])
+    return on_load, [skipped], shown
 
 
 def launch(demo: Demo, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> Any:
