@@ -118,3 +118,27 @@ def test_cli_eval_help_still_works(capsys) -> None:
         main(["eval", "compare", "--help"])
     assert exit_.value.code == 0
     assert "run_a" in capsys.readouterr().out
+
+
+def test_compare_adds_the_traffic_b_also_trained_on(tmp_path: Path, data: Path, capsys) -> None:
+    """B retrained with exported traffic (`extra_data_dirs`): the compare shows the original split, then the traffic's."""
+    import shutil
+
+    from tvcall.run import RunConfig, RunDir, TrainSummary
+
+    traffic = tmp_path / "traffic-export"
+    write_jsonl(traffic / "test.jsonl", RECORDS)
+    a = _run(tmp_path, "a", [_right(r) for r in RECORDS])
+    b = _run(tmp_path, "b", [_right(r) for r in RECORDS])
+    RunDir(a).write(RunConfig(data_dir=str(data)), TrainSummary())
+    RunDir(b).write(RunConfig(data_dir=str(data), extra_data_dirs=[str(traffic)]), TrainSummary())
+    assert main(["eval", "compare", str(a), str(b), "--samples", "100"]) == 0
+    assert f"`tvcall eval --run RUN --data {traffic}` for both runs" in capsys.readouterr().out
+
+    shutil.copytree(a / "eval-test", RunDir(a).eval_dir("test", RunDir(a).data_qualifier(traffic)))
+    _run(tmp_path / "tmp", "b", [_right(r) if i % 2 else _wrong(r) for i, r in enumerate(RECORDS)])
+    shutil.copytree(tmp_path / "tmp" / "b" / "eval-test", b / "eval-test-on-traffic-export")
+    assert main(["eval", "compare", str(a), str(b), "--samples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| exact_match |") == 2 and f"on the test split of {traffic}" in out
+    assert "| exact_match | 1.0000 | 1.0000 | +0.0000 |" in out and "| exact_match | 1.0000 | 0.5000 | -0.5000 |" in out

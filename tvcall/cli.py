@@ -148,9 +148,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     engine = _backend_engine(args)
     manifest = read_manifest(Path(args.data))
     meta = {"run": args.run, "split": args.split, "data_version": manifest["version"], **benchmark_meta(manifest, args.split)}
-    if args.backend == "local" and args.split != "dev" and not args.no_calibrate:
-        meta |= _calibrated(engine, Path(args.run), Path(args.data))
-    out = RunDir(args.run).eval_dir(args.split, args.registry, None if args.backend == "local" else args.backend)
+    if args.backend == "local" and args.split != "dev" and not args.no_calibrate:  # on the run's own dev split
+        meta |= _calibrated(engine, Path(args.run), RunDir(args.run).data_dir() or Path(args.data))
+    run = RunDir(args.run)
+    out = run.eval_dir(args.split, run.data_qualifier(args.data), args.registry, None if args.backend == "local" else args.backend)
     if args.registry:
         meta |= {"registry": args.registry}
     if args.backend != "local":
@@ -184,8 +185,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_eval_compare(args: argparse.Namespace) -> None:
     from tvcall.eval.compare import compare_runs, format_table
 
-    print(format_table(compare_runs(Path(args.run_a), Path(args.run_b), args.split, args.samples, args.seed,
-                                    Path(args.data) if args.data else None)), end="")
+    data = Path(args.data) if args.data else None
+    print(format_table(compare_runs(Path(args.run_a), Path(args.run_b), args.split, args.samples, args.seed, data)), end="")
+    run_a, run_b = RunDir(args.run_a), RunDir(args.run_b)
+    for extra in map(Path, [] if data else run_b.config().extra_data_dirs or []):  # B also trained on these (traffic)
+        if run_a.predictions_file(args.split, extra).exists() and run_b.predictions_file(args.split, extra).exists():
+            print(f"\non the {args.split} split of {extra}, which B also trained on:")
+            print(format_table(compare_runs(run_a.path, run_b.path, args.split, args.samples, args.seed, extra)), end="")
+        else:
+            print(f"\nB also trained on {extra}: `tvcall eval --run RUN --data {extra}` for both runs adds its "
+                  f"{args.split} split here")
 
 
 def build_compare_parser() -> argparse.ArgumentParser:
@@ -197,7 +206,8 @@ def build_compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="compares RUN/eval-SPLIT/predictions.jsonl")
     p.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", help="dataset folder with the gold spans (default: run A's data_dir)")
+    p.add_argument("--data", help="compare on this dataset folder's split, as `tvcall eval --data` evaluated both runs "
+                   "(default: run A's data_dir; then B's extra training folders, e.g. exported traffic, follow)")
     p.set_defaults(func=cmd_eval_compare)
     return p
 

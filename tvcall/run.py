@@ -132,6 +132,17 @@ class RunDir:
         """RUN/eval-SPLIT, with each given qualifier (a registry, a backend) appended: eval-test-full-remote."""
         return self.path / "-".join(["eval", split, *(q for q in qualifiers if q)])
 
+    def data_qualifier(self, data_dir: Path | str | None) -> str | None:
+        """How eval folders name another data folder than the run's own: `on-NAME` (None for the run's own)."""
+        own = self.data_dir()
+        if data_dir is None or own is None or Path(data_dir).resolve() == own.resolve():
+            return None
+        return f"on-{Path(data_dir).resolve().name}"
+
+    def predictions_file(self, split: str, data_dir: Path | str | None = None) -> Path:
+        """What `tvcall eval` wrote for `split` of `data_dir` (default: the run's own data)."""
+        return self.eval_dir(split, self.data_qualifier(data_dir)) / "predictions.jsonl"
+
     def checkpoint(self, examples: int) -> RunDir:
         return RunDir(self.checkpoints_dir / f"examples-{examples:06d}")
 

@@ -65,8 +65,8 @@ class Outcomes:
     latency_ms: list[float]
 
 
-def predictions_path(run: Path, split: str) -> Path:
-    return Path(run) / f"eval-{split}" / "predictions.jsonl"
+def predictions_path(run: Path, split: str, data: Path | None = None) -> Path:
+    return RunDir(run).predictions_file(split, data)
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
@@ -197,7 +197,7 @@ def _p50(latencies: list[float]) -> float | None:
 
 def compare_runs(a: Path, b: Path, split: str = "test", samples: int = 2000, seed: int = 0, data: Path | None = None) -> Comparison:
     """`data`: the folder holding the split's gold records (default: run A's config.yaml `data_dir`)."""
-    path_a, path_b = predictions_path(a, split), predictions_path(b, split)
+    path_a, path_b = predictions_path(a, split, data), predictions_path(b, split, data)
     rows_a, rows_b = read_predictions(path_a), read_predictions(path_b)
     check_same_utterances(path_a, rows_a, path_b, rows_b)
     if not rows_a:
