@@ -5,6 +5,7 @@ import asyncio
 import shutil
 import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -80,33 +81,40 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_browser_types_a_command_and_the_tv_panel_changes(engine, tmp_path):
+@contextmanager
+def demo_page(demo):
+    """The demo served on a free loopback port and opened in headless Debian Chromium; the page, then both closed."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "Debian chromium is missing: `make system-packages` installs it"
     port = _free_port()
-    app = launch(Demo(engine), port=port, block=False)
+    app = launch(demo, port=port, block=False)
     try:
         with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
             browser = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
                                                            viewport={"width": 1300, "height": 1000})
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
-            page.wait_for_selector("#tv-panel", timeout=60_000)
-            assert page.get_attribute("#tv-calls", "data-value") == "0"
-            page.fill("#command textarea", "set the volume to 35")
-            page.click("#route")
-            page.wait_for_function("document.querySelector('#status').innerText.trim().length > 0", timeout=60_000)
-            if page.is_visible("#confirm"):  # a risky call: the panel changes only once confirmed
-                page.click("#confirm")
-            page.wait_for_function("document.querySelector('#tv-calls').dataset.value === '1'", timeout=60_000)
-            called = page.get_attribute("#tv-last", "data-value")
-            assert called and called in page.inner_text("#call")  # the panel shows the call the page printed
-            shot = tmp_path / "demo-browser.png"
-            page.screenshot(path=str(shot), full_page=True)
+            yield page
             browser.close()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, ARTIFACTS / shot.name)
-        assert shot.stat().st_size > 10_000
     finally:
         app.close()
+
+
+def test_browser_types_a_command_and_the_tv_panel_changes(engine, tmp_path):
+    shot = tmp_path / "demo-browser.png"
+    with demo_page(Demo(engine)) as page:
+        page.wait_for_selector("#tv-panel", timeout=60_000)
+        assert page.get_attribute("#tv-calls", "data-value") == "0"
+        page.fill("#command textarea", "set the volume to 35")
+        page.click("#route")
+        page.wait_for_function("document.querySelector('#status').innerText.trim().length > 0", timeout=60_000)
+        if page.is_visible("#confirm"):  # a risky call: the panel changes only once confirmed
+            page.click("#confirm")
+        page.wait_for_function("document.querySelector('#tv-calls').dataset.value === '1'", timeout=60_000)
+        called = page.get_attribute("#tv-last", "data-value")
+        assert called and called in page.inner_text("#call")  # the panel shows the call the page printed
+        page.screenshot(path=str(shot), full_page=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / shot.name)
+    assert shot.stat().st_size > 10_000

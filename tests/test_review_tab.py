@@ -2,14 +2,12 @@
 validated before it is saved; driven in headless Debian Chromium through Playwright."""
 
 import json
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from tests.test_demo import CHROMIUM, CHROMIUM_ARGS, _free_port, engine  # noqa: F401 - the module's engine fixture
+from tests.test_demo import demo_page, engine  # noqa: F401 - the module's engine fixture
 from tests.test_traffic import rows, traffic_client
-from tvcall.app.demo.page import Demo, launch
+from tvcall.app.demo.page import Demo
 from tvcall.app.demo.review import ReviewDesk, highlights
 from tvcall.data.record import Span
 from tvcall.data.traffic import connect, save_label
@@ -45,39 +43,26 @@ def test_the_desk_proposes_the_teachers_call_and_marks_only_what_was_selected(re
     assert ReviewDesk(path.parent / "none.sqlite", registry).draft().heading.startswith("No traffic log")
 
 
-def test_browser_reviews_a_request_marking_its_slot_by_selecting_text(engine, registry, log, tmp_path):  # noqa: F811
-    from playwright.sync_api import sync_playwright
-
+def test_browser_reviews_a_request_marking_its_slot_by_selecting_text(engine, registry, log):  # noqa: F811
     path, wrong, _ = log
-    assert Path(CHROMIUM).exists(), "Debian chromium is missing: `make system-packages` installs it"
-    port = _free_port()
-    app = launch(Demo(engine, review=ReviewDesk(path, registry, reviewer="browser")), port=port, block=False)
-    try:
-        with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-            browser = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                                                           viewport={"width": 1300, "height": 1000})
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
-            page.get_by_role("tab", name="Review").click()
-            page.wait_for_function("document.querySelector('#review-heading').innerText.includes('bedroom light on')", timeout=60_000)
-            page.fill("#review-arguments textarea", '{"room": 5}')
-            page.click("#review-save")
-            page.wait_for_function("document.querySelector('#review-status').innerText.includes('Not saved')", timeout=30_000)
-            assert rows(path, "labels") == []  # refused: nothing written
+    with demo_page(Demo(engine, review=ReviewDesk(path, registry, reviewer="browser"))) as page:
+        page.get_by_role("tab", name="Review").click()
+        page.wait_for_function("document.querySelector('#review-heading').innerText.includes('bedroom light on')", timeout=60_000)
+        page.fill("#review-arguments textarea", '{"room": 5}')
+        page.click("#review-save")
+        page.wait_for_function("document.querySelector('#review-status').innerText.includes('Not saved')", timeout=30_000)
+        assert rows(path, "labels") == []  # refused: nothing written
 
-            page.fill("#review-arguments textarea", '{"room": "bedroom"}')
-            page.locator("#review-text textarea").evaluate(
-                "el => { el.focus(); el.setSelectionRange(0, 7); el.dispatchEvent(new Event('select', {bubbles: true})); }")
-            page.wait_for_timeout(500)  # the selection event's round trip
-            page.click("#review-mark")
-            page.wait_for_function("document.querySelector('#review-status').innerText.includes('Marked room')", timeout=30_000)
-            assert "bedroom" in page.inner_text("#review-spans")
-            page.click("#review-save")
-            page.wait_for_function("document.querySelector('#review-status').innerText.includes('Saved')", timeout=30_000)
-            page.wait_for_function("document.querySelector('#review-heading').innerText.includes('volume 30')", timeout=30_000)
-            browser.close()
-    finally:
-        app.close()
+        page.fill("#review-arguments textarea", '{"room": "bedroom"}')
+        page.locator("#review-text textarea").evaluate(
+            "el => { el.focus(); el.setSelectionRange(0, 7); el.dispatchEvent(new Event('select', {bubbles: true})); }")
+        page.wait_for_timeout(500)  # the selection event's round trip
+        page.click("#review-mark")
+        page.wait_for_function("document.querySelector('#review-status').innerText.includes('Marked room')", timeout=30_000)
+        assert "bedroom" in page.inner_text("#review-spans")
+        page.click("#review-save")
+        page.wait_for_function("document.querySelector('#review-status').innerText.includes('Saved')", timeout=30_000)
+        page.wait_for_function("document.querySelector('#review-heading').innerText.includes('volume 30')", timeout=30_000)
     (label,) = rows(path, "labels")
     assert (label["request_id"], label["source"], label["name"], label["labeller"]) == (wrong, "review", "smarthome.light.turn_on", "browser")
     assert json.loads(label["spans"]) == [{"slot": "room", "start": 0, "end": 7}]

@@ -245,6 +245,7 @@ def lora_config(config: RunConfig, model: torch.nn.Module | None = None) -> Lora
 TRAINER_BASE: dict[str, Any] = {
     "report_to": ["tensorboard"], "save_strategy": "no", "completion_only_loss": True, "max_length": None,
     "train_sampling_strategy": "group_by_length", "dataloader_num_workers": 0,
+    "disable_tqdm": False,  # the progress bar, even where the CLI quiets transformers' logging (its default follows that level)
 }
 
 

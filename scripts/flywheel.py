@@ -1,0 +1,135 @@
+"""The data flywheel on a public set: a model trained on a few utterances serves the next ones as real traffic, a
+reviewer labels some of them, and the model retrained with those labels is compared with the first.
+
+1. Import the set (`tvcall data import`); keep the first `--seed-size` training utterances of a seeded shuffle as
+   the seed data folder (the set's registry, dev and test splits) and the next `--traffic-size` as traffic.
+2. Train on the seed data within `--minutes` (`tvcall train`), evaluate on the test split (`tvcall eval`).
+3. Serve that run (`tvcall serve`, its traffic log on) and send it every traffic utterance over HTTP.
+4. Review `--review` requests twice, each into a copy of the log: those the review queue puts first, and a seeded
+   random sample. The gold labels of the set are the reviewer's decisions, saved through `save_label`, the path
+   `tvcall traffic review` and the demo's Review tab take.
+5. Export each (`tvcall traffic export`), retrain with the seed data plus the export under the same budget,
+   evaluate, and compare each with the first run and with each other (`tvcall eval compare`, paired bootstrap).
+
+Every stage is skipped when its output exists, so an interrupted run resumes where it stopped.
+
+    .venv/bin/python scripts/flywheel.py                                   # SNIPS, 1,000 + 3,000, 300 reviewed, 20 min
+    .venv/bin/python scripts/flywheel.py --seed-size 64 --traffic-size 60 --review 10 --minutes 1 --out runs/flywheel-smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tvcall.data.record import Record, write_jsonl
+from tvcall.data.splits import read_split
+from tvcall.data.traffic import connect, logged, review_queue, save_label
+from tvcall.eval.loadgen import drive, server_process
+from tvcall.functions.registry import Registry, registry_for_data
+from tvcall.run import RunDir
+
+ORDERS = ("queue", "random")
+
+
+def tvcall(*args: str) -> str:
+    print("$ tvcall " + " ".join(args), flush=True)
+    done = subprocess.run([sys.executable, "-m", "tvcall.cli", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"tvcall {args[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def seed_folder(imported: Path, out: Path, size: int, traffic_size: int, seed: int) -> list[Record]:
+    """The seed data folder (the first `size` of a seeded shuffle of train) and the traffic (the next ones)."""
+    train = read_split(imported, "train")
+    random.Random(seed).shuffle(train)
+    if not (out / "manifest.json").exists():
+        shutil.copytree(imported, out, dirs_exist_ok=True)
+        write_jsonl(out / "train.jsonl", train[:size])
+        manifest = json.loads((imported / "manifest.json").read_text())
+        manifest["version"] = f"{manifest['version']}-seed{size}"
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    return train[size:size + traffic_size]
+
+
+def train_and_eval(run: Path, data: list[Path], minutes: float) -> None:
+    if not (run / "eval-test" / "metrics.json").exists():
+        data_args = [arg for folder in data for arg in ("--data", str(folder))]
+        tvcall("train", "--config", "cpu-default", *data_args, "--out", str(run), "--set", f"max_train_minutes={minutes}",
+               "--set", "num_train_examples=1000000", "--set", "num_train_epochs=20")  # the clock ends it, schedule decayed
+        tvcall("eval", "--run", str(run))
+
+
+def serve_traffic(run: Path, log: Path, traffic: list[Record], clients: int) -> None:
+    if log.exists():
+        return
+    registry = registry_for_data(RunDir(run).data_dir() or Path("."))
+    texts = [record.text for record in traffic]
+    with server_process(["--run", str(run), "--traffic", str(log), "--max-queue", str(4 * clients), "--timeout", "120"]) as url:
+        report = drive(url, registry, clients, duration_s=24 * 3600, max_requests=len(texts), texts=texts)  # each once
+    print(f"served {report.ok} of {len(texts)} traffic utterances ({report.requests_per_s:.2f} req/s, p50 {report.p50_ms:.0f} ms)")
+
+
+def review(log: Path, reviewed_log: Path, traffic: list[Record], registry: Registry, count: int, order: str, seed: int) -> None:
+    """Copy the log and apply the gold labels of `count` requests, chosen by the queue's order or at random."""
+    if reviewed_log.exists():
+        return
+    shutil.copy(log, reviewed_log)
+    gold = {record.text: record for record in traffic}
+    with connect(reviewed_log) as connection:
+        items = logged(connection)
+        chosen = review_queue(items)[:count] if order == "queue" else random.Random(seed).sample(items, min(count, len(items)))
+        for item in chosen:
+            record = gold[item.text]
+            save_label(connection, registry, item.id, "review", record.function, record.arguments, record.spans, f"gold-{order}")
+    print(f"{order}: reviewed {len(chosen)}; the router was wrong on "
+          f"{sum((i.name, i.arguments) != (gold[i.text].function, gold[i.text].arguments) for i in chosen)} of them")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="../shared/benchmarks/snips", help="the public set (JointBERT layout for bio)")
+    parser.add_argument("--format", default="bio")
+    parser.add_argument("--name", default="snips")
+    parser.add_argument("--out", type=Path, default=Path("runs/flywheel"))
+    parser.add_argument("--seed-size", type=int, default=1000)
+    parser.add_argument("--traffic-size", type=int, default=3000)
+    parser.add_argument("--review", type=int, default=300)
+    parser.add_argument("--minutes", type=float, default=20.0, help="training budget of every run")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    imported = out / "imported"
+    if not (imported / "manifest.json").exists():
+        tvcall("data", "import", "--format", args.format, args.source, "--out", str(imported), "--name", args.name)
+    seed_data = out / "seed-data"
+    traffic = seed_folder(imported, seed_data, args.seed_size, args.traffic_size, args.seed)
+    first = out / "run-seed"
+    train_and_eval(first, [seed_data], args.minutes)
+    log = out / "traffic.sqlite"
+    serve_traffic(first, log, traffic, args.clients)
+
+    runs = {}
+    for order in ORDERS:
+        reviewed_log, export, run = out / f"traffic-{order}.sqlite", out / f"export-{order}", out / f"run-{order}"
+        review(log, reviewed_log, traffic, registry_for_data(seed_data), args.review, order, args.seed)
+        if not (export / "manifest.json").exists():
+            tvcall("traffic", "export", "--run", str(first), "--log", str(reviewed_log), "--out", str(export))
+        train_and_eval(run, [seed_data, export], args.minutes)
+        runs[order] = run
+    for a, b in ((first, runs["queue"]), (first, runs["random"]), (runs["random"], runs["queue"])):
+        print(f"\n## {b.name} against {a.name}\n" + tvcall("eval", "compare", str(a), str(b), "--split", "test"), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
