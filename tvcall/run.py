@@ -133,9 +133,10 @@ class RunDir:
         return self.path / "-".join(["eval", split, *(q for q in qualifiers if q)])
 
     def data_qualifier(self, data_dir: Path | str | None) -> str | None:
-        """How eval folders name another data folder than the run's own: `on-NAME` (None for the run's own)."""
+        """How eval folders name another data folder than the run's own: `on-NAME` (None for the run's own, or where
+        the run's own is unknown or gone)."""
         own = self.data_dir()
-        if data_dir is None or own is None or Path(data_dir).resolve() == own.resolve():
+        if data_dir is None or own is None or not own.exists() or Path(data_dir).resolve() == own.resolve():
             return None
         return f"on-{Path(data_dir).resolve().name}"
 

@@ -307,6 +307,8 @@ def review_tab(desk: ReviewDesk) -> tuple[Any, list[Any], list[Any]]:
     def on_select(event: gr.SelectData) -> list[int]:
         return list(event.index)  # [start, end) of the selected characters
 
+    on_select.__annotations__["event"] = gr.SelectData  # Gradio finds the event by its type; gr is imported here only
+
     def on_mark(utterance: str, current: list[Any], chosen: tuple[int, int] | None, slot_name: str | None) -> tuple[Any, ...]:
         updated, message = desk.mark(utterance, current, chosen, slot_name)
         return updated, highlights(utterance, updated), message
