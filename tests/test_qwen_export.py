@@ -17,10 +17,10 @@ from tvcall.training.export import export, merged_model
 
 
 @pytest.fixture(scope="module")
-def lora_run(qwen_dir, qwen_tokenizer, tmp_path_factory):
+def lora_run(qwen_dir, qwen_tokenizer, qwen_data, tmp_path_factory):
     """A run folder as train() leaves it, with a non-zero random adapter on q_proj and v_proj (no training needed)."""
     run = tmp_path_factory.mktemp("qwen-lora-run")
-    config = load_config("qwen2.5-7b-lora", [f"model={qwen_dir}", "dtype=float32", f"output_dir={run}"])
+    config = load_config("qwen2.5-7b-lora", [f"model={qwen_dir}", "dtype=float32", f"output_dir={run}", f"data_dir={qwen_data}"])
     torch.manual_seed(1)
     peft_model = get_peft_model(load_model(str(qwen_dir)), LoraConfig(
         **config.lora, init_lora_weights=False, task_type="CAUSAL_LM"))
