@@ -148,10 +148,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     engine = _backend_engine(args)
     manifest = read_manifest(Path(args.data))
     meta = {"run": args.run, "split": args.split, "data_version": manifest["version"], **benchmark_meta(manifest, args.split)}
-    if args.backend == "local" and args.split != "dev" and not args.no_calibrate:  # on the run's own dev split, if at hand
-        own = RunDir(args.run).data_dir()
-        meta |= _calibrated(engine, Path(args.run), own if own is not None and own.exists() else Path(args.data))
     run = RunDir(args.run)
+    if args.backend == "local" and args.split != "dev" and not args.no_calibrate:  # on the run's own dev split, if at hand
+        meta |= _calibrated(engine, run.path, run.data_dir_at_hand() or Path(args.data))
     out = run.eval_dir(args.split, run.data_qualifier(args.data), args.registry, None if args.backend == "local" else args.backend)
     if args.registry:
         meta |= {"registry": args.registry}

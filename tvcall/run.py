@@ -135,8 +135,8 @@ class RunDir:
     def data_qualifier(self, data_dir: Path | str | None) -> str | None:
         """How eval folders name another data folder than the run's own: `on-NAME` (None for the run's own, or where
         the run's own is unknown or gone)."""
-        own = self.data_dir()
-        if data_dir is None or own is None or not own.exists() or Path(data_dir).resolve() == own.resolve():
+        own = self.data_dir_at_hand()
+        if data_dir is None or own is None or Path(data_dir).resolve() == own.resolve():
             return None
         return f"on-{Path(data_dir).resolve().name}"
 
@@ -195,6 +195,11 @@ class RunDir:
         """The dataset folder the run was trained on, if the config records one."""
         recorded = self._raw().get("data_dir") if self.exists else None
         return Path(recorded) if recorded else None
+
+    def data_dir_at_hand(self) -> Path | None:
+        """The recorded dataset folder where it still exists here (relative paths from the current folder)."""
+        recorded = self.data_dir()
+        return recorded if recorded is not None and recorded.exists() else None
 
     def registry(self) -> Registry:
         """The registry the run was trained over: its data folder's own (an imported benchmark's), else the shipped one."""

@@ -53,7 +53,6 @@ class TrafficLog:
 
     def __init__(self, path: Path, run: str | None = None, data_version: str | None = None) -> None:
         self.path, self.run, self.data_version = Path(path), run, data_version
-        self.failed_writes = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvcall-traffic")
         self._connection = self._writer.submit(connect, self.path).result()
 
@@ -63,7 +62,6 @@ class TrafficLog:
             await asyncio.get_running_loop().run_in_executor(self._writer, function, *args)
             return True
         except sqlite3.Error as exc:
-            self.failed_writes += 1
             log.warning("traffic log %s: %s failed: %s", self.path, what, exc)
             return False
 
