@@ -135,24 +135,42 @@ def unconstrained(engine: TransformersEngine, text: str, max_new_tokens: int = 6
     return engine.tokenizer.decode(tokens), (time.perf_counter() - started) * 1000
 
 
-def latency(engine: TransformersEngine, records: list[Record], warmup: int) -> dict[str, Any]:
+@dataclass
+class LatencySamples:
+    """Per-utterance timings of the constrained and unconstrained paths, taken interleaved."""
+    constrained_ms: list[float]
+    unconstrained_ms: list[float]
+    unconstrained_valid: int
+    correct: int
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.constrained_ms) / statistics.median(self.unconstrained_ms)
+
+    def summary(self) -> dict[str, Any]:
+        count = len(self.constrained_ms)
+        return {"route_ms_p50": round(statistics.median(self.constrained_ms), 1),
+                "route_ms_p95": round(percentile(self.constrained_ms, 0.95), 1),
+                "unconstrained_ms_p50": round(statistics.median(self.unconstrained_ms), 1),
+                "unconstrained_ms_p95": round(percentile(self.unconstrained_ms, 0.95), 1),
+                "constrained_vs_unconstrained_ratio": round(self.ratio, 3),
+                "unconstrained_json_valid_rate": round(self.unconstrained_valid / count, 4),
+                "exact_match_sample": round(self.correct / count, 4)}
+
+
+def latency_samples(engine: TransformersEngine, records: list[Record], warmup: int) -> LatencySamples:
     for record in records[:warmup]:
         engine.route(record.text)
         unconstrained(engine, record.text)
-    constrained_ms, free_ms, free_valid, correct = [], [], 0, 0
+    samples = LatencySamples([], [], 0, 0)
     for record in tqdm(records, desc="latency (one at a time)", unit="utt"):
         result = engine.route(record.text)
-        constrained_ms.append(result.latency_ms)
-        correct += (result.name, result.arguments) == (record.function, record.arguments)
+        samples.constrained_ms.append(result.latency_ms)
+        samples.correct += (result.name, result.arguments) == (record.function, record.arguments)
         answer, ms = unconstrained(engine, record.text)
-        free_ms.append(ms)
-        free_valid += _parses(answer)
-    p50, free_p50 = statistics.median(constrained_ms), statistics.median(free_ms)
-    return {"route_ms_p50": round(p50, 1), "route_ms_p95": round(percentile(constrained_ms, 0.95), 1),
-            "unconstrained_ms_p50": round(free_p50, 1), "unconstrained_ms_p95": round(percentile(free_ms, 0.95), 1),
-            "constrained_vs_unconstrained_ratio": round(p50 / free_p50, 3),
-            "unconstrained_json_valid_rate": round(free_valid / len(records), 4),
-            "exact_match_sample": round(correct / len(records), 4)}
+        samples.unconstrained_ms.append(ms)
+        samples.unconstrained_valid += _parses(answer)
+    return samples
 
 
 def _parses(answer: str) -> bool:
@@ -213,7 +231,7 @@ def bench(config: BenchConfig) -> Path:
     test = read_split(config.data, "test")
     records = random.Random(config.seed).sample(test, min(config.utterances, len(test)))
     recall = retrieval_recall(engine, test)  # the whole test split: retrieval takes milliseconds
-    timings = latency(engine, records, config.warmup)
+    timings = latency_samples(engine, records, config.warmup).summary()
     rates = throughput(engine, records, config.concurrency)
     router_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the reference engine's second model
     reference = TransformersEngine.from_run(config.run, registry=registry, backend="hf")
