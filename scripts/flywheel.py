@@ -9,7 +9,8 @@ reviewer labels some of them, and the model retrained with those labels is compa
    random sample. The gold labels of the set are the reviewer's decisions, saved through `save_label`, the path
    `tvcall traffic review` and the demo's Review tab take.
 5. Export each (`tvcall traffic export`), retrain with the seed data plus the export under the same budget,
-   evaluate, and compare each with the first run and with each other (`tvcall eval compare`, paired bootstrap).
+   evaluate every run on the set's test split and on each export's test split (the newest traffic), and compare
+   each with the first run and with each other (`tvcall eval compare`, paired bootstrap).
 
 Every stage is skipped when its output exists, so an interrupted run resumes where it stopped.
 
@@ -126,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             tvcall("traffic", "export", "--run", str(first), "--log", str(reviewed_log), "--out", str(export))
         train_and_eval(run, [seed_data, export], args.minutes)
         runs[order] = run
+    for run in (first, *runs.values()):  # every run on every export's test split: the newest traffic
+        for order in ORDERS:
+            export = out / f"export-{order}"
+            if not (run / f"eval-test-on-{export.name}" / "metrics.json").exists():
+                tvcall("eval", "--run", str(run), "--data", str(export))
     for a, b in ((first, runs["queue"]), (first, runs["random"]), (runs["random"], runs["queue"])):
         print(f"\n## {b.name} against {a.name}\n" + tvcall("eval", "compare", str(a), str(b), "--split", "test"), flush=True)
     return 0
