@@ -60,7 +60,7 @@ def seed_folder(imported: Path, out: Path, size: int, traffic_size: int, seed: i
 
 
 def train_and_eval(run: Path, data: list[Path], minutes: float) -> None:
-    if not (run / "eval-test" / "metrics.json").exists():
+    if not RunDir(run).predictions_file("test").exists():
         data_args = [arg for folder in data for arg in ("--data", str(folder))]
         tvcall("train", "--config", "cpu-default", *data_args, "--out", str(run), "--set", f"max_train_minutes={minutes}",
                "--set", "num_train_examples=1000000", "--set", "num_train_epochs=20")  # the clock ends it, schedule decayed
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in (first, *runs.values()):  # every run on every export's test split: the newest traffic
         for order in ORDERS:
             export = out / f"export-{order}"
-            if not (run / f"eval-test-on-{export.name}" / "metrics.json").exists():
+            if not RunDir(run).predictions_file("test", export).exists():
                 tvcall("eval", "--run", str(run), "--data", str(export))
     for a, b in ((first, runs["queue"]), (first, runs["random"]), (runs["random"], runs["queue"])):
         print(f"\n## {b.name} against {a.name}\n" + tvcall("eval", "compare", str(a), str(b), "--split", "test"), flush=True)

@@ -125,10 +125,13 @@ def review_queue(items: list[Logged]) -> list[Logged]:
     """What most needs a person first: a client said it was wrong, then a teacher disagrees with the router, then
     the router's least confident answers, taken in turn across the functions it answered (`doubt_in_turn`);
     reviewed requests are done."""
-    pending = [item for item in items if item.reviewed is None]
-    flagged = sorted((i for i in pending if i.feedback_wrong or i.teacher_disagrees),
-                     key=lambda item: (not item.feedback_wrong, not item.teacher_disagrees, item.confidence, item.time))
-    return flagged + doubt_in_turn([i for i in pending if not (i.feedback_wrong or i.teacher_disagrees)])
+    flagged: list[Logged] = []
+    doubtful: list[Logged] = []
+    for item in items:
+        if item.reviewed is None:
+            (flagged if item.feedback_wrong or item.teacher_disagrees else doubtful).append(item)
+    flagged.sort(key=lambda item: (not item.feedback_wrong, not item.teacher_disagrees, item.confidence, item.time))
+    return flagged + doubt_in_turn(doubtful)
 
 
 def doubt_in_turn(items: list[Logged]) -> list[Logged]:
