@@ -219,15 +219,11 @@ def _run_data_dir(run_dir: Path) -> str:
 
 
 def _calibrated(engine: Any, run_dir: Path, data_dir: Path) -> dict[str, Any]:
-    """The run's name-stage settings (`NameSettings`), chosen on the dev split once and kept in the run folder."""
-    from tvcall.data.splits import read_split
-    from tvcall.eval.calibrate import calibrate, save
-    if not RunDir(run_dir).calibration_file.exists():
-        dev = read_split(data_dir, "dev")
-        print(f"calibrating the name prior and abstention on {len(dev)} dev utterances", file=sys.stderr)
-        found = calibrate(engine, dev)
-        print(f"{save(found, run_dir)}: {found}", file=sys.stderr)
-    return dataclasses.asdict(engine.name_settings)
+    """The run's name-stage settings and act threshold, chosen on the dev split once and kept in the run folder."""
+    from tvcall.eval.calibrate import ensure_calibrated
+
+    ensure_calibrated(engine, run_dir, data_dir)
+    return dataclasses.asdict(engine.name_settings) | {"act_threshold": engine.act_threshold}
 
 
 def _commands(texts: list[str]) -> Iterator[str]:
@@ -264,7 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         traffic = None if args.no_traffic else args.traffic or (run.traffic_file if run else None)
         router = RouterConfig(token=token_from_env(), timeout_s=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue,
                               webhooks=parse_webhooks(args.webhook or [], registry), traffic=str(traffic) if traffic else None,
-                              run=str(run.path) if run else args.model,
+                              run=str(run.path) if run else args.model, act_threshold=args.act_threshold,
                               data_version=run.summary().data_version if run and run.exists else None)
         serve(ServeOptions(host=args.host, port=args.port, run=args.run, model=args.model, threads=args.threads, router=router))
     except ValueError as exc:
@@ -452,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="texts per engine batch (1: one at a time)")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
     p.add_argument("--webhook", action="append", metavar="DOMAIN=URL", help="execute this domain's calls by POSTing them to URL")
+    p.add_argument("--act-threshold", type=float, metavar="P", help="the confidence a call needs to be executed "
+                   "(default: the run's, chosen on dev by tvcall eval; 0: every call acts)")
     logged = p.add_mutually_exclusive_group()
     logged.add_argument("--traffic", metavar="PATH", help="SQLite traffic log of every answered request and its feedback "
                         "(default: RUN/traffic.sqlite; with --model, none unless given)")

@@ -6,18 +6,23 @@ name token (`null_margin`). With a bias b added to the "no function" logit, an u
 margin + b > 0, and otherwise decodes as it did unbiased; so one unbiased pass over dev scores every b. The prior
 weight changes the decode itself: one pass per weight in `PRIOR_WEIGHTS`, of the names alone (a whole decode
 chooses the same name; the arguments were most of the time). With a prior weighed in, the prior's object ranking may
-then be sharpened (`OBJECT_SHARPNESS`): one pass more per value, at the chosen weight.
+then be sharpened (`OBJECT_SHARPNESS`): one pass more per value, at the chosen weight. Last, with those settings,
+one whole decode of dev chooses the confidence above which the router acts (`tvcall.eval.acting`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tvcall.app.engine.hf_engine import NameSettings, TransformersEngine
 from tvcall.data.record import Record, write_atomic
+from tvcall.data.splits import read_split
+from tvcall.eval.acting import Acting, acting_at, calls_and_hits, choose_act_threshold
+from tvcall.eval.runner import predict
 from tvcall.run import RunDir
 
 
@@ -31,6 +36,9 @@ class Calibration:
     dev_function_accuracy_by_weight: dict[str, float] = field(default_factory=dict)  # each weight with its own bias
     object_sharpness: float = 1.0
     dev_function_accuracy_by_sharpness: dict[str, float] = field(default_factory=dict)  # at the chosen weight
+    act_threshold: float = 0.0  # the router executes a call only at or above this confidence
+    dev_act_precision: float | None = None  # exact share of the dev calls at or above it
+    dev_act_coverage: float | None = None  # share of the dev calls naming a function that are at or above it
 
 
 def accuracy_at(bias: float, margins: list[float], names: list[str | None], golds: list[str | None]) -> float:
@@ -103,7 +111,28 @@ def calibrate(engine: TransformersEngine, records: list[Record], weights: tuple[
                                                            for t in by_sharpness} if len(by_sharpness) > 1 else {})
 
 
-def save(calibration: Calibration, run_dir: Path) -> Path:
+def calibrate_acting(engine: TransformersEngine, records: list[Record]) -> Acting:
+    """The act threshold on dev, from one whole decode with the engine's name settings; leaves it set on `engine`."""
+    preds, _ = predict(engine, records, warmup=0, latency_sample=0)
+    confidences, hits = calls_and_hits(records, preds)
+    engine.act_threshold = choose_act_threshold(confidences, hits)
+    return acting_at(engine.act_threshold, confidences, hits)
+
+
+def ensure_calibrated(engine: TransformersEngine, run_dir: Path, data_dir: Path) -> bool:
+    """Calibrate a run on the dev split of `data_dir` once, keeping it in the run folder; a run calibrated before the
+    act threshold existed gets only that. False when the run was calibrated already."""
     path = RunDir(run_dir).calibration_file
+    kept = json.loads(path.read_text()) if path.exists() else None
+    if kept is not None and "act_threshold" in kept:
+        return False
+    dev = read_split(data_dir, "dev")
+    print(f"calibrating {'the act threshold' if kept else 'the name stage and the act threshold'} on {len(dev)} dev "
+          f"utterances of {data_dir}", file=sys.stderr)
+    calibration = Calibration(**kept) if kept is not None else calibrate(engine, dev)
+    acting = calibrate_acting(engine, dev)
+    calibration.act_threshold, calibration.dev_act_precision, calibration.dev_act_coverage = \
+        acting.threshold, acting.precision, acting.coverage
     write_atomic(path, json.dumps(asdict(calibration), indent=1) + "\n")
-    return path
+    print(f"{path}: {calibration}", file=sys.stderr)
+    return True

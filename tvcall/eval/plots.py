@@ -149,6 +149,22 @@ def latency_figure(latencies: list[float]) -> Figure:
     return fig
 
 
+def reliability_figure(bins: list[dict[str, Any]], threshold: float | None) -> Figure:
+    """Confidence against the exact rate of the calls in each bin (the diagonal: perfectly calibrated)."""
+    shown = [b for b in bins if b["count"]]
+    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    ax, counts = fig.subplots(1, 2, width_ratios=(3, 2))
+    ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1)
+    ax.plot([b["mean_confidence"] for b in shown], [b["exact_rate"] for b in shown], marker="o", color="#4878a8")
+    if threshold is not None and 0 < threshold <= 1:
+        ax.axvline(threshold, color="#c44e52", linewidth=1, label=f"act threshold {threshold:.3f}")
+        ax.legend(loc="upper left", fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="exact rate", title="reliability of the calls")
+    counts.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["count"] for b in bins], width=0.09, color="#4878a8")
+    counts.set(xlim=(0, 1), xlabel="confidence", ylabel="calls", title="calls per bin")
+    return fig
+
+
 def learning_curve_figure(points: list[dict[str, Any]]) -> Figure:
     points = sorted(points, key=lambda p: p["train_examples"])
     fig = Figure(figsize=(7, 3.5), layout="constrained")
@@ -180,7 +196,7 @@ def _value(value: Any) -> str:
 
 
 def _sections(rows: list[dict[str, Any]], metrics: dict[str, Any], learning_curve: list[dict[str, Any]] | None) -> list[str]:
-    scalars = [[k, _value(v)] for k, v in metrics.items() if k not in ("per_domain", "meta")]
+    scalars = [[k, _value(v)] for k, v in metrics.items() if k not in ("per_domain", "meta", "reliability")]
     parts = ["<h2>Metrics</h2>", _table(["metric", "value"], scalars),
              "<h2>Meta</h2>", _table(["key", "value"], [[k, str(v)] for k, v in metrics.get("meta", {}).items()])]
     domains = metrics.get("per_domain", {})
@@ -202,6 +218,9 @@ def _sections(rows: list[dict[str, Any]], metrics: dict[str, Any], learning_curv
     latencies = [float(r["latency_ms"]) for r in rows if r.get("latency_ms") is not None]
     parts.append(_img(_png(latency_figure(latencies)), "latency histogram") if latencies
                  else "<p>No utterance was timed on its own (all routed in batches): no latency histogram.</p>")
+    if any(b["count"] for b in metrics.get("reliability", [])):
+        parts += ["<h2>Confidence reliability</h2>",
+                  _img(_png(reliability_figure(metrics["reliability"], metrics.get("act_threshold"))), "reliability diagram")]
     if learning_curve:
         parts += ["<h2>Learning curve</h2>", _img(_png(learning_curve_figure(learning_curve)), "learning curve")]
     return parts

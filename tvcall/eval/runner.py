@@ -12,12 +12,14 @@ from tqdm import tqdm
 
 from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.data.record import Record, write_atomic
+from tvcall.eval.acting import acting_summary
 from tvcall.eval.metrics import Prediction, per_domain, score
 from tvcall.eval.plots import write_html_report
 from tvcall.eval.published import published_section
 
 HEADLINE = ("function_accuracy", "slot_f1", "exact_match", "json_valid_rate", "schema_valid_rate",
-            "oos_precision", "oos_recall", "latency_ms_p50", "latency_ms_p95")
+            "oos_precision", "oos_recall", "act_threshold", "acted_precision", "acted_coverage", "confidence_ece",
+            "latency_ms_p50", "latency_ms_p95")
 
 
 LATENCY_SAMPLE = 150  # utterances routed one at a time, after warm-up, for the latency percentiles
@@ -72,7 +74,7 @@ def evaluate(engine: Engine, records: list[Record], out_dir: Path, meta: dict[st
              latency_sample: int | None = LATENCY_SAMPLE) -> Path:
     started = time.monotonic()
     preds, routing = predict(engine, records, latency_sample=latency_sample)
-    metrics = score(records, preds, engine.registry)
+    metrics = score(records, preds, engine.registry) | acting_summary(records, preds, engine.act_threshold)
     domains = per_domain(records, preds, engine.registry)
     meta = {**meta, **routing, "eval_seconds": round(time.monotonic() - started, 1), "registry_functions": len(engine.registry)}
     out_dir.mkdir(parents=True, exist_ok=True)

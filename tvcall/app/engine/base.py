@@ -34,6 +34,11 @@ class RouteResult:
 
 class Engine(ABC):
     registry: Registry
+    act_threshold: float = 0.0  # the confidence a call needs to be executed, chosen on dev (0: every call acts)
 
     @abstractmethod
     def route(self, text: str) -> RouteResult: ...
+
+    def candidates(self, text: str, count: int) -> list[str]:
+        """The functions most likely meant, best first, for asking the user which one; none known: empty."""
+        return []

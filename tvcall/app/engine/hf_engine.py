@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ class TransformersEngine(Engine):
         if engine.retriever is not None:
             engine.retriever.use_classifier(load_classifier(run.classifier_file))
         engine.name_settings = load_calibration(run)
+        engine.act_threshold = load_act_threshold(run)
         return engine
 
     @property
@@ -117,6 +119,14 @@ class TransformersEngine(Engine):
 
     def route(self, text: str) -> RouteResult:
         return self.route_batch([text])[0]
+
+    def candidates(self, text: str, count: int) -> list[str]:
+        """The retriever's functions, ranked by the classifier's prior where there is one."""
+        if self.retriever is None or not self.top_objects:
+            return []
+        found = self.retriever.retrieve(text, self.top_objects)
+        ranked = sorted(found.functions, key=lambda name: -found.prior.get(name, -math.inf)) if found.prior else found.functions
+        return ranked[:count]
 
     def route_batch(self, texts: list[str], name_only: bool = False) -> list[RouteResult]:
         """Route several utterances in one batched decode; results in order, each as `route` would give.
@@ -172,6 +182,12 @@ def load_calibration(run: RunDir) -> NameSettings:
     chosen = json.loads(path.read_text())
     return NameSettings(float(chosen["null_bias"]), float(chosen.get("prior_weight", 0.0)),
                         float(chosen.get("object_sharpness", 1.0)))  # runs calibrated before it: 1
+
+
+def load_act_threshold(run: RunDir) -> float:
+    """The confidence a call needs to be executed, chosen on dev; none chosen yet: 0 (every call acts)."""
+    path = run.calibration_file
+    return float(json.loads(path.read_text()).get("act_threshold", 0.0)) if path.exists() else 0.0
 
 
 def release_freed_memory() -> None:

@@ -3,7 +3,8 @@
 `create_app(engine, config)` builds the FastAPI app; `tvcall serve` (tvcall/app/serve/server.py) runs it with
 uvicorn. Endpoints:
 
-- `POST /v1/route` — route a text; with `execute` run the call (risky ones wait for `/v1/confirm`);
+- `POST /v1/route` — route a text; with `execute` run the call if its confidence reaches the act threshold (else
+  `needs_clarification` with candidates; risky ones wait for `/v1/confirm`);
 - `POST /v1/confirm` — run a held risky call by its token;
 - `POST /v1/feedback` — the client says an answer was wrong, or gives the right call (kept in the traffic log);
 - `POST /v1/chat/completions` — OpenAI-compatible, the call as `tool_calls`;
@@ -57,6 +58,7 @@ from tvcall.functions.validate import call_errors
 
 log = logging.getLogger("tvcall.router")
 CHAT_PATH = "/v1/chat/completions"
+CLARIFY_CANDIDATES = 3  # functions offered when the router asks instead of acting
 
 
 class RouterConfig(BaseModel):
@@ -72,6 +74,8 @@ class RouterConfig(BaseModel):
     traffic: str | None = Field(default=None, description="SQLite file of the traffic log (None: nothing is logged)")
     run: str | None = Field(default=None, description="the run that answers, as the traffic log records it")
     data_version: str | None = Field(default=None, description="the data version that run was trained on")
+    act_threshold: float | None = Field(default=None, ge=0, description="the confidence a call needs to be executed "
+                                       "(None: the run's, chosen on dev; 0: every call acts)")
 
 
 class RouterState:
@@ -83,6 +87,7 @@ class RouterState:
         self.tv = tv or SimulatedTV(self.registry)
         self.dispatcher = Dispatcher(self.tv, config.webhooks, config.webhook_timeout_s)
         self.confirmations = Confirmations(config.confirm_ttl_s)
+        self.act_threshold = engine.act_threshold if config.act_threshold is None else config.act_threshold
         self.traffic = TrafficLog(Path(config.traffic), config.run, config.data_version) if config.traffic else None
 
     async def log(self, answered: Answered) -> None:
@@ -135,7 +140,12 @@ def build_api(state: RouterState) -> APIRouter:
         response = RouteResponse(id=new_request_id("req"), name=result.name, arguments=result.arguments,
                                  confidence=result.confidence, latency_ms=0.0, risky=bool(spec and spec.risk == "confirm"))
         confirmation = None
-        if body.execute and spec is not None:
+        if body.execute and spec is not None and result.confidence < state.act_threshold:
+            response.needs_clarification = True
+            offered = [spec.name, *state.engine.candidates(body.text, CLARIFY_CANDIDATES)]
+            response.candidates = list(dict.fromkeys(offered))[:CLARIFY_CANDIDATES]
+            state.metrics.clarifications.inc()
+        elif body.execute and spec is not None:
             if response.risky:
                 response.needs_confirmation, confirmation = True, "held"
                 response.confirmation_token = state.confirmations.hold(spec.name, result.arguments, response.id)
