@@ -151,7 +151,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run = RunDir(args.run)
     if args.backend == "local" and args.split != "dev" and not args.no_calibrate:  # on the run's own dev split, if at hand
         meta |= _calibrated(engine, run.path, run.data_dir_at_hand() or Path(args.data))
-    out = run.eval_dir(args.split, run.data_qualifier(args.data), args.registry, None if args.backend == "local" else args.backend)
+    if args.backend == "local" and engine.retriever is not None:
+        meta |= _linking(engine, records, args.catalogue)
+    catalogue = None if args.catalogue == "full" else f"catalogue-{args.catalogue}"
+    out = run.eval_dir(args.split, run.data_qualifier(args.data), args.registry, catalogue,
+                       None if args.backend == "local" else args.backend)
     if args.registry:
         meta |= {"registry": args.registry}
     if args.backend != "local":
@@ -183,12 +187,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_compare(args: argparse.Namespace) -> None:
-    from tvcall.eval.compare import compare_runs, format_table
+    from tvcall.eval.compare import compare_runs, format_table, is_eval_dir
 
     data = Path(args.data) if args.data else None
     print(format_table(compare_runs(Path(args.run_a), Path(args.run_b), args.split, args.samples, args.seed, data)), end="")
     run_a, run_b = RunDir(args.run_a), RunDir(args.run_b)
-    for extra in map(Path, [] if data else run_b.config().extra_data_dirs or []):  # B also trained on these (traffic)
+    extras = [] if data or is_eval_dir(run_b.path) else run_b.config().extra_data_dirs or []
+    for extra in map(Path, extras):  # B also trained on these (exported traffic)
         if run_a.predictions_file(args.split, extra).exists() and run_b.predictions_file(args.split, extra).exists():
             print(f"\non the {args.split} split of {extra}, which B also trained on:")
             print(format_table(compare_runs(run_a.path, run_b.path, args.split, args.samples, args.seed, extra)), end="")
@@ -201,8 +206,8 @@ def build_compare_parser() -> argparse.ArgumentParser:
     """`tvcall eval compare RUN_A RUN_B`: its own parser, chosen in `main`, so `tvcall eval --run R` keeps its options."""
     p = argparse.ArgumentParser(prog="tvcall eval compare", description="Two runs' predictions on one split side by side: "
                                 "deltas (B - A) with a paired bootstrap's 95% CI and p-value; * marks p < 0.05.")
-    p.add_argument("run_a", help="run folder A (the baseline)")
-    p.add_argument("run_b", help="run folder B")
+    p.add_argument("run_a", help="run folder A (the baseline), or one of its eval folders (RUN/eval-…)")
+    p.add_argument("run_b", help="run folder B, or an eval folder (e.g. the same run with --catalogue none)")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="compares RUN/eval-SPLIT/predictions.jsonl")
     p.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
@@ -224,6 +229,16 @@ def _calibrated(engine: Any, run_dir: Path, data_dir: Path) -> dict[str, Any]:
 
     ensure_calibrated(engine, run_dir, data_dir)
     return dataclasses.asdict(engine.name_settings) | {"act_threshold": engine.act_threshold}
+
+
+def _linking(engine: Any, records: list[Any], catalogue: str) -> dict[str, Any]:
+    """Entity linking as `--catalogue` asks (the full lexicons, only the training split's values, or none), and the
+    share of the split's lexicon-typed values the catalogue knows."""
+    from tvcall.data.mentions import LexiconLinker, catalogue_coverage
+
+    linker = None if catalogue == "none" else LexiconLinker(engine.registry, "all" if catalogue == "full" else "train")
+    engine.retriever.linker = linker.linked_objects if linker else None
+    return {"catalogue": catalogue, "catalogue_coverage": catalogue_coverage(records, engine.registry, linker)}
 
 
 def _commands(texts: list[str]) -> Iterator[str]:
@@ -417,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT, or RUN/eval-SPLIT-REGISTRY)")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--no-calibrate", action="store_true", help="skip choosing the name prior and abstention bias on dev (when the run has none)")
+    p.add_argument("--catalogue", choices=["full", "train", "none"], default="full",
+                   help="entity linking against the registry's lexicons: all their values (the TV knows its catalogue), "
+                   "only those the training split may use (titles the catalogue lacks), or none (writes eval-SPLIT-catalogue-X)")
     p.add_argument("--latency-sample", type=int, metavar="N",
                    help="calls are routed in batches; N utterances (default 150) are also routed one at a time for latency")
     p.add_argument("--one-at-a-time", action="store_true", help="route every utterance alone, timing each (slower)")

@@ -6,7 +6,8 @@ name token (`null_margin`). With a bias b added to the "no function" logit, an u
 margin + b > 0, and otherwise decodes as it did unbiased; so one unbiased pass over dev scores every b. The prior
 weight changes the decode itself: one pass per weight in `PRIOR_WEIGHTS`, of the names alone (a whole decode
 chooses the same name; the arguments were most of the time). With a prior weighed in, the prior's object ranking may
-then be sharpened (`OBJECT_SHARPNESS`): one pass more per value, at the chosen weight. Last, with those settings,
+then be sharpened (`OBJECT_SHARPNESS`): one pass more per value, at the chosen weight; and the objects an utterance's
+lexicon mentions link to (`tvcall.data.mentions`) raised in it (`LINK_WEIGHTS`): one pass more per weight. Last, with those settings,
 one whole decode of dev chooses the confidence above which the router acts (`tvcall.eval.acting`).
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tvcall.app.engine.hf_engine import NameSettings, TransformersEngine
@@ -36,6 +37,8 @@ class Calibration:
     dev_function_accuracy_by_weight: dict[str, float] = field(default_factory=dict)  # each weight with its own bias
     object_sharpness: float = 1.0
     dev_function_accuracy_by_sharpness: dict[str, float] = field(default_factory=dict)  # at the chosen weight
+    link_weight: float = 0.0
+    dev_function_accuracy_by_link_weight: dict[str, float] = field(default_factory=dict)  # at the chosen sharpness
     act_threshold: float = 0.0  # the router executes a call only at or above this confidence
     dev_act_precision: float | None = None  # exact share of the dev calls at or above it
     dev_act_coverage: float | None = None  # share of the dev calls naming a function that are at or above it
@@ -53,6 +56,7 @@ PRIOR_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0)  # tried in this order; a later one is
 # routed 162 / 164 / 163 of 200 dev and 516 / 522 / 521 of 600 test utterances; a sharper within-object share (the
 # classifier's, squared) lost 3 dev and 15 test.
 OBJECT_SHARPNESS = (1.0, 2.0, 3.0)
+LINK_WEIGHTS = (0.0, 1.0, 2.0, 4.0)  # added to a linked object's fused score (z-scores: 2 is two standard deviations)
 
 
 def choose_null_bias(margins: list[float], names: list[str | None], golds: list[str | None],
@@ -74,33 +78,39 @@ class _Tried:
 
 
 def calibrate(engine: TransformersEngine, records: list[Record], weights: tuple[float, ...] = PRIOR_WEIGHTS,
-              sharpness: tuple[float, ...] = OBJECT_SHARPNESS) -> Calibration:
-    """The prior weight, object sharpness and null bias that route most dev utterances right (a later candidate is
-    taken only when it wins `MIN_GAIN` more); leaves them set on `engine`."""
+              sharpness: tuple[float, ...] = OBJECT_SHARPNESS, link_weights: tuple[float, ...] = LINK_WEIGHTS) -> Calibration:
+    """The prior weight, object sharpness, link weight and null bias that route most dev utterances right (a later
+    candidate is taken only when it wins `MIN_GAIN` more); leaves them set on `engine`."""
     texts, golds = [r.text for r in records], [r.function for r in records]
     has_prior = engine.retriever is not None and engine.retriever.classifier is not None
 
-    def trial(weight: float, object_sharpness: float) -> _Tried:
-        engine.name_settings = NameSettings(0.0, weight, object_sharpness)
+    def trial(settings: NameSettings) -> _Tried:
+        engine.name_settings = settings
         results = engine.route_batch(texts, name_only=True)  # only the names count here: batched, no arguments
         margins, names = [r.null_margin for r in results], [r.name for r in results]
         bias = choose_null_bias(margins, names, golds)
-        return _Tried(NameSettings(bias, weight, object_sharpness), accuracy_at(bias, margins, names, golds),
+        return _Tried(replace(settings, null_bias=bias), accuracy_at(bias, margins, names, golds),
                       accuracy_at(0.0, margins, names, golds))
 
     def better(candidate: _Tried, chosen: _Tried) -> bool:
         return (candidate.accuracy - chosen.accuracy) * len(records) >= MIN_GAIN - 1e-9
 
-    by_weight = [trial(weight, 1.0) for weight in (weights if has_prior else (0.0,))]
-    chosen = by_weight[0]
-    for candidate in by_weight[1:]:
-        chosen = candidate if better(candidate, chosen) else chosen
+    def best_of(tried: list[_Tried]) -> _Tried:
+        chosen = tried[0]
+        for candidate in tried[1:]:
+            chosen = candidate if better(candidate, chosen) else chosen
+        return chosen
+
+    by_weight = [trial(NameSettings(0.0, weight)) for weight in (weights if has_prior else (0.0,))]
+    chosen = best_of(by_weight)
     by_sharpness = [chosen]
     if chosen.settings.prior_weight > 0:
-        for value in sharpness:
-            if value != 1.0:
-                by_sharpness.append(trial(chosen.settings.prior_weight, value))
-                chosen = by_sharpness[-1] if better(by_sharpness[-1], chosen) else chosen
+        by_sharpness += [trial(replace(chosen.settings, object_sharpness=v)) for v in sharpness if v != 1.0]
+        chosen = best_of(by_sharpness)
+    by_link = [chosen]
+    if engine.retriever is not None and engine.retriever.linker is not None:
+        by_link += [trial(replace(chosen.settings, link_weight=v)) for v in link_weights if v != 0.0]
+        chosen = best_of(by_link)
     engine.name_settings = chosen.settings
     return Calibration(null_bias=chosen.settings.null_bias, prior_weight=chosen.settings.prior_weight,
                        dev_examples=len(records), dev_function_accuracy_unbiased=by_weight[0].accuracy_unbiased,
@@ -108,7 +118,10 @@ def calibrate(engine: TransformersEngine, records: list[Record], weights: tuple[
                        dev_function_accuracy_by_weight={str(t.settings.prior_weight): t.accuracy for t in by_weight},
                        object_sharpness=chosen.settings.object_sharpness,
                        dev_function_accuracy_by_sharpness={str(t.settings.object_sharpness): t.accuracy
-                                                           for t in by_sharpness} if len(by_sharpness) > 1 else {})
+                                                           for t in by_sharpness} if len(by_sharpness) > 1 else {},
+                       link_weight=chosen.settings.link_weight,
+                       dev_function_accuracy_by_link_weight={str(t.settings.link_weight): t.accuracy
+                                                             for t in by_link} if len(by_link) > 1 else {})
 
 
 def calibrate_acting(engine: TransformersEngine, records: list[Record]) -> Acting:

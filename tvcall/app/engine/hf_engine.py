@@ -17,6 +17,7 @@ import torch
 from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.app.engine.decoder import ConstrainedDecoder, Decoded, TransformersLM, common_prefix_length
 from tvcall.app.engine.fastlm import FastLlama
+from tvcall.data.mentions import LexiconLinker
 from tvcall.data.prompt import prompt_ids
 from tvcall.functions.registry import Registry, default_registry
 from tvcall.functions.retrieve import Retriever, load_classifier
@@ -45,6 +46,8 @@ class TransformersEngine(Engine):
         self.prompt_options = prompt_options  # as the model was trained: retrieved objects listed in the prompt
         self.max_prompt_tokens = MAX_PROMPT_TOKENS
         self.retriever = (retriever or Retriever(self.registry)) if top_objects else None
+        if self.retriever is not None and self.retriever.linker is None:
+            self.retriever.linker = LexiconLinker(self.registry).linked_objects
         self.tokenizer = tokenizer
         self.backend = backend
         self.model: Any = None  # the transformers model, kept by the "hf" path only
@@ -101,14 +104,14 @@ class TransformersEngine(Engine):
 
     @property
     def name_settings(self) -> NameSettings:
-        sharpness = self.retriever.object_sharpness if self.retriever is not None else 1.0
-        return NameSettings(self.decoder.null_bias, self.decoder.prior_weight, sharpness)
+        sharpness, link = (self.retriever.object_sharpness, self.retriever.link_weight) if self.retriever is not None else (1.0, 0.0)
+        return NameSettings(self.decoder.null_bias, self.decoder.prior_weight, sharpness, link)
 
     @name_settings.setter
     def name_settings(self, settings: NameSettings) -> None:
         self.decoder.null_bias, self.decoder.prior_weight = settings.null_bias, settings.prior_weight
         if self.retriever is not None:
-            self.retriever.object_sharpness = settings.object_sharpness
+            self.retriever.object_sharpness, self.retriever.link_weight = settings.object_sharpness, settings.link_weight
 
     def ready_schemas(self) -> float:
         """Compile (or load from the disk cache) every argument schema now, at start-up, rather than at a function's
@@ -167,11 +170,13 @@ def shared_prompt_prefix(tokenizer: Any) -> list[int]:
 @dataclass(frozen=True)
 class NameSettings:
     """How the name stage weighs its evidence, chosen on dev (`tvcall.eval.calibrate`): the abstention bias on "no
-    function", the weight of the retriever's prior against the model, and the sharpness of the prior's object ranking."""
+    function", the weight of the retriever's prior against the model, the sharpness of the prior's object ranking,
+    and the weight of entity linking (`tvcall.data.mentions`) in that ranking."""
 
     null_bias: float = 0.0
     prior_weight: float = 0.0
     object_sharpness: float = 1.0
+    link_weight: float = 0.0  # what a mention of a lexicon value adds to the objects taking it (0: linking off)
 
 
 def load_calibration(run: RunDir) -> NameSettings:
@@ -181,7 +186,8 @@ def load_calibration(run: RunDir) -> NameSettings:
         return NameSettings()
     chosen = json.loads(path.read_text())
     return NameSettings(float(chosen["null_bias"]), float(chosen.get("prior_weight", 0.0)),
-                        float(chosen.get("object_sharpness", 1.0)))  # runs calibrated before it: 1
+                        float(chosen.get("object_sharpness", 1.0)),  # runs calibrated before it: 1
+                        float(chosen.get("link_weight", 0.0)))  # and before linking: off
 
 
 def load_act_threshold(run: RunDir) -> float:
