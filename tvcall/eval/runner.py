@@ -61,7 +61,7 @@ def report_markdown(metrics: dict[str, Any], domains: dict[str, dict[str, Any]],
     lines = ["# tvcall evaluation", ""]
     lines += [f"- {k}: `{v}`" for k, v in meta.items()]
     lines += ["", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {_number(metrics[k], 1 if 'latency' in k else 4)} |" for k in HEADLINE]
+    lines += [f"| {k} | {_number(metrics.get(k), 1 if 'latency' in k else 4)} |" for k in HEADLINE]  # older evals lack some
     lines += ["", "## Per domain", "", "| domain | n | function acc | slot F1 | exact match | p50 ms |", "|---|---|---|---|---|---|"]
     for domain, m in domains.items():
         lines.append(f"| {domain} | {m['n']} | {m['function_accuracy']:.3f} | {m['slot_f1']:.3f} | {m['exact_match']:.3f} "
