@@ -2,8 +2,8 @@
 
 A command (typed, recorded or uploaded) goes through offline speech recognition (`tvcall.app.demo.asr`), then the
 router's `route_text` (the batcher, its limits and time-out, an invalid call turned into none) and `execute`
-(the dispatcher on the simulated TV); risky calls are held in the router's `Confirmations` until the user
-confirms. The page shows the transcript, the call as JSON, the slots highlighted in the utterance, the
+(the dispatcher on the simulated TV); a call under the run's act threshold is not run but asked about, and risky
+calls are held in the router's `Confirmations` until the user confirms. The page shows the transcript, the call as JSON, the slots highlighted in the utterance, the
 confidence and the latencies, and a panel with the simulated TV's state.
 """
 
@@ -152,7 +152,7 @@ class Demo:
         lang = transcript.lang if transcript else guess_lang(text)
         outcome = self._describe(text, result, lang, transcript)
         if result.name is not None:
-            await self._act(outcome, result, lang)
+            await self._act(outcome, text, result, lang)
         return outcome
 
     async def run_audio(self, path: str | None, lang: str) -> Outcome:
@@ -189,9 +189,13 @@ class Demo:
         status = "No TV function matches this command." if spec is None else f"`{spec.name}`: {spec.description.forms(lang)[0]}"
         return Outcome(status, text if transcript else "", slot_highlights(text, result.arguments, spec, lang), result.call(), timing)
 
-    async def _act(self, outcome: Outcome, result: RouteResult, lang: str) -> None:
+    async def _act(self, outcome: Outcome, text: str, result: RouteResult, lang: str) -> None:
         assert result.name is not None
         spec = self.state.registry[result.name]
+        if asked := self.state.clarification(text, result):
+            outcome.status = (f"Not sure enough to run `{spec.name}` (confidence {result.confidence:.2f}, under "
+                              f"{self.state.act_threshold:.2f}). Did you mean " + ", ".join(f"`{n}`" for n in asked) + "?")
+            return
         if spec.risk == "confirm":
             outcome.pending = self.state.confirmations.hold(spec.name, result.arguments)
             self._langs[outcome.pending] = lang

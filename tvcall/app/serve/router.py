@@ -90,6 +90,14 @@ class RouterState:
         self.act_threshold = engine.act_threshold if config.act_threshold is None else config.act_threshold
         self.traffic = TrafficLog(Path(config.traffic), config.run, config.data_version) if config.traffic else None
 
+    def clarification(self, text: str, result: RouteResult) -> list[str] | None:
+        """The functions to ask the user about when a call is under the act threshold (its own first); None: act."""
+        if result.name is None or result.confidence >= self.act_threshold:
+            return None
+        self.metrics.clarifications.inc()
+        offered = [result.name, *self.engine.candidates(text, CLARIFY_CANDIDATES)]
+        return list(dict.fromkeys(offered))[:CLARIFY_CANDIDATES]
+
     async def log(self, answered: Answered) -> None:
         """Keep an answered request; a failed write is counted and logged, never the request's failure."""
         if self.traffic is not None and not await self.traffic.record(answered):
@@ -140,11 +148,8 @@ def build_api(state: RouterState) -> APIRouter:
         response = RouteResponse(id=new_request_id("req"), name=result.name, arguments=result.arguments,
                                  confidence=result.confidence, latency_ms=0.0, risky=bool(spec and spec.risk == "confirm"))
         confirmation = None
-        if body.execute and spec is not None and result.confidence < state.act_threshold:
-            response.needs_clarification = True
-            offered = [spec.name, *state.engine.candidates(body.text, CLARIFY_CANDIDATES)]
-            response.candidates = list(dict.fromkeys(offered))[:CLARIFY_CANDIDATES]
-            state.metrics.clarifications.inc()
+        if body.execute and spec is not None and (asked := state.clarification(body.text, result)):
+            response.needs_clarification, response.candidates = True, asked
         elif body.execute and spec is not None:
             if response.risky:
                 response.needs_confirmation, confirmation = True, "held"
