@@ -196,7 +196,7 @@ def _value(value: Any) -> str:
 
 
 def _sections(rows: list[dict[str, Any]], metrics: dict[str, Any], learning_curve: list[dict[str, Any]] | None) -> list[str]:
-    scalars = [[k, _value(v)] for k, v in metrics.items() if k not in ("per_domain", "meta", "reliability")]
+    scalars = [[k, _value(v)] for k, v in metrics.items() if k not in ("per_domain", "meta", "reliability", "slot_errors", "slot_f1_by_type")]
     parts = ["<h2>Metrics</h2>", _table(["metric", "value"], scalars),
              "<h2>Meta</h2>", _table(["key", "value"], [[k, str(v)] for k, v in metrics.get("meta", {}).items()])]
     domains = metrics.get("per_domain", {})

@@ -3,8 +3,9 @@
 A command (typed, recorded or uploaded) goes through offline speech recognition (`tvcall.app.demo.asr`), then the
 router's `route_text` (the batcher, its limits and time-out, an invalid call turned into none) and `execute`
 (the dispatcher on the simulated TV); a call under the run's act threshold is not run but asked about, and risky
-calls are held in the router's `Confirmations` until the user confirms. The page shows the transcript, the call as JSON, the slots highlighted in the utterance, the
-confidence and the latencies, and a panel with the simulated TV's state.
+calls are held in the router's `Confirmations` until the user confirms. The page shows the transcript, the call
+as JSON, the slots highlighted in the utterance, the confidence and the latencies, and a panel with the simulated
+TV's state.
 """
 
 from __future__ import annotations
