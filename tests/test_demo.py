@@ -65,25 +65,26 @@ def test_risky_calls_wait_for_confirmation(demo):
     outcome = asyncio.run(demo.run_text("reset everything"))  # whatever the base model picks, then a risky call by hand
     held = RouteResult("system.device.factory_reset", {}, 0.9, 1.0, raw="")
     outcome = demo._describe("factory reset the TV", held, "en", None)
-    asyncio.run(demo._act(outcome, "factory reset the TV", held, "en"))
+    asyncio.run(demo._act(outcome, held, "en"))
     assert outcome.pending and "risky" in outcome.question and demo.state.tv.state.factory_resets == 0
     assert "Confirmed and ran `system.device.factory_reset`" in asyncio.run(demo.confirm(outcome.pending))
     assert demo.state.tv.state.factory_resets == 1
     assert asyncio.run(demo.confirm(outcome.pending)).startswith("Nothing to confirm")  # single use
-    asyncio.run(demo._act(outcome, "factory reset the TV", held, "en"))
+    asyncio.run(demo._act(outcome, held, "en"))
     assert demo.cancel(outcome.pending) == "Cancelled `system.device.factory_reset`."
     assert demo.state.tv.state.factory_resets == 1
 
 
 def test_a_call_under_the_act_threshold_asks_instead_of_running(demo):
-    unsure = RouteResult("sound.volume.set", {"value": 35}, 0.3, 1.0, raw="")
+    unsure = RouteResult("sound.volume.set", {"value": 35}, 0.3, 1.0, raw="", candidates=["sound.volume.increase"])
     outcome = demo._describe("volume thirty five maybe", unsure, "en", None)
     demo.state.act_threshold = 0.5
     try:
-        asyncio.run(demo._act(outcome, "volume thirty five maybe", unsure, "en"))
+        asyncio.run(demo._act(outcome, unsure, "en"))
     finally:
         demo.state.act_threshold = 0.0
-    assert outcome.status.startswith("Not sure enough to run `sound.volume.set`") and "Did you mean `sound.volume.set`" in outcome.status
+    assert outcome.status.startswith("Not sure enough to run `sound.volume.set`")
+    assert "Did you mean `sound.volume.set`, `sound.volume.increase`?" in outcome.status
     assert demo.executed == 0 and not demo.state.tv.state.history
 
 

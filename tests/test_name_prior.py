@@ -144,3 +144,19 @@ def test_entity_linking_is_weighed_in_only_when_that_wins_enough_dev_utterances(
     assert found.link_weight == 0.0 and found.dev_function_accuracy_by_link_weight == {"0.0": 0.5, "1.0": 0.75}
     found = calibrate(engine, _records(golds), weights=(0.0, 1.0), sharpness=(1.0,), link_weights=(0.0, 1.0, 2.0))
     assert (found.link_weight, found.dev_function_accuracy) == (2.0, 1.0) and engine.name_settings.link_weight == 2.0
+
+
+def test_every_trial_decodes_without_the_bias_chosen_before_it():
+    golds = [None, None, "a.b.c", "a.b.d"]
+
+    class Recording(_FakeEngine):
+        seen: list = []
+
+        def route_batch(self, texts, name_only=False):
+            self.seen.append(self.name_settings.null_bias)
+            return [SimpleNamespace(name="a.b.c", null_margin=m) for m in (-1.0, -2.0, -9.0, -9.0)]
+
+    engine = Recording({})
+    found = calibrate(engine, _records(golds), weights=(0.0, 1.0), sharpness=(1.0, 2.0), link_weights=(0.0, 1.0))
+    assert found.null_bias > 2.0 and engine.name_settings.null_bias == found.null_bias  # abstains on both nones
+    assert engine.seen and set(engine.seen) == {0.0}

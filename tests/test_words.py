@@ -24,6 +24,10 @@ def test_english_words_numbers_and_mixed_text_keep_their_boundaries():
 
 
 def test_a_value_is_placed_where_it_stands_as_a_word():
-    text = "团长说播放我的团长我的团"  # 团 occurs inside 团长 twice before it stands as a word, at the end
-    start, end = free_occurrence(text, "团", [])
-    assert text[start:end] == "团" and start == len(text) - 1
+    text = "迪士尼乐园和士尼"  # 士尼 first occurs inside 迪士尼, then stands on its own at the end
+    assert free_occurrence(text, "士尼", []) == (6, 8)
+
+
+def test_the_sub_words_of_a_long_word_stay_copyable():
+    assert "流行" in utterance_spans("播放中文流行音乐") and "摇滚" in utterance_spans("我想听摇滚歌曲")
+    assert "过火" in utterance_spans("放过火")  # a two-character word (放过) is never closed

@@ -151,6 +151,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run = RunDir(args.run)
     if args.backend == "local" and args.split != "dev" and not args.no_calibrate:  # on the run's own dev split, if at hand
         meta |= _calibrated(engine, run.path, run.data_dir_at_hand() or Path(args.data))
+    if args.catalogue != "full" and (args.backend != "local" or engine.retriever is None):
+        raise SystemExit(f"--catalogue {args.catalogue} needs --backend local with retrieval: entity linking is part of its retriever")
     if args.backend == "local" and engine.retriever is not None:
         meta |= _linking(engine, records, args.catalogue)
     catalogue = None if args.catalogue == "full" else f"catalogue-{args.catalogue}"
@@ -166,7 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.curve:
         from tvcall.eval.curve import learning_curve
 
-        curve = learning_curve(Path(args.run), records, path.parent, meta, engine.name_settings)
+        curve = learning_curve(Path(args.run), records, path.parent, meta, engine)
         print(f"learning curve: {curve.read_text()}")
     if args.general:
         from tvcall.eval.general import general_check
@@ -236,9 +238,10 @@ def _linking(engine: Any, records: list[Any], catalogue: str) -> dict[str, Any]:
     share of the split's lexicon-typed values the catalogue knows."""
     from tvcall.data.mentions import LexiconLinker, catalogue_coverage
 
-    linker = None if catalogue == "none" else LexiconLinker(engine.registry, "all" if catalogue == "full" else "train")
+    linker = None if catalogue == "none" else LexiconLinker(engine.registry, catalogue)
     engine.retriever.linker = linker.linked_objects if linker else None
-    return {"catalogue": catalogue, "catalogue_coverage": catalogue_coverage(records, engine.registry, linker)}
+    return {"catalogue": catalogue, "catalogue_coverage": catalogue_coverage(records, engine.registry, linker),
+            "link_weight_used": engine.retriever.link_weight if linker else 0.0}
 
 
 def _commands(texts: list[str]) -> Iterator[str]:
@@ -431,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT, or RUN/eval-SPLIT-REGISTRY)")
     p.add_argument("--threads", type=int, help="torch threads")
-    p.add_argument("--no-calibrate", action="store_true", help="skip choosing the name prior and abstention bias on dev (when the run has none)")
+    p.add_argument("--no-calibrate", action="store_true", help="skip choosing the name-stage settings and the act threshold on dev (when the run has none)")
     p.add_argument("--catalogue", choices=["full", "train", "none"], default="full",
                    help="entity linking against the registry's lexicons: all their values (the TV knows its catalogue), "
                    "only those the training split may use (titles the catalogue lacks), or none (writes eval-SPLIT-catalogue-X)")

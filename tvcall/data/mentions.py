@@ -14,10 +14,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
-from tvcall.data.lexicon import is_test_value, load_lexicon
+from tvcall.data.lexicon import lexicon_values, load_lexicon
 from tvcall.data.record import Record
 from tvcall.data.words import word_boundaries
 from tvcall.functions.registry import Registry
+from tvcall.functions.spec import LANGS
 
 MIN_CHARS = 2  # a one-character value ("V", "鹿") is mentioned by chance
 
@@ -35,7 +36,7 @@ class Mention:
 
 
 class LexiconLinker:
-    def __init__(self, registry: Registry, catalogue: Literal["all", "train"] = "all") -> None:
+    def __init__(self, registry: Registry, catalogue: Literal["full", "train"] = "full") -> None:
         objects_of: dict[str, set[str]] = defaultdict(set)
         for spec in registry.functions.values():
             for schema in spec.parameters.get("properties", {}).values():
@@ -43,9 +44,11 @@ class LexiconLinker:
                     objects_of[schema["x-lexicon"]].add(spec.name.rsplit(".", 1)[0])
         linked: dict[str, set[str]] = defaultdict(set)
         for lexicon, objects in objects_of.items():
-            for values in load_lexicon(lexicon, registry.lexicon_dir).values():
+            for lang in LANGS:
+                values = (load_lexicon(lexicon, registry.lexicon_dir)[lang] if catalogue == "full"
+                          else lexicon_values(lexicon, lang, "train", registry.lexicon_dir))
                 for value in values:
-                    if len(value) >= MIN_CHARS and (catalogue == "all" or not is_test_value(lexicon, value)):
+                    if len(value) >= MIN_CHARS:
                         linked[fold(value)] |= objects
         self.values = {value: frozenset(objects) for value, objects in linked.items()}
 

@@ -2,9 +2,10 @@
 well the reported confidence matches how often calls are right (reliability).
 
 A call "acts" when it names a function and its confidence is at least the threshold; the router executes only those
-and answers the rest with `needs_clarification`. The threshold is the lowest at which the calls that would act on
-dev are exact at least `ACT_PRECISION` of the time, taken halfway to the next lower confidence for room on unseen
-data; a dev split that never gets there gives a threshold above 1 (nothing acts) rather than a guess.
+and answers the rest with `needs_clarification`. The threshold is the lowest confidence at which the calls that
+would act on dev are exact at least `ACT_PRECISION` of the time: the confidence of the least sure dev call that acts,
+nothing below what dev tested. A dev split that never gets there gives a threshold above 1 (nothing acts) rather
+than a guess.
 """
 
 from __future__ import annotations
@@ -34,27 +35,24 @@ def calls_and_hits(records: Sequence[Record], preds: Sequence[Prediction]) -> tu
     return [c for c, _ in named], [h for _, h in named]
 
 
-def acting_at(threshold: float, confidences: Sequence[float], exact: Sequence[bool]) -> Acting:
+def acting_at(threshold: float, confidences: Sequence[float], hits: Sequence[bool]) -> Acting:
     """How the calls (each naming a function) fare at a threshold."""
-    acted = [e for c, e in zip(confidences, exact, strict=True) if c >= threshold]
+    acted = [h for c, h in zip(confidences, hits, strict=True) if c >= threshold]
     return Acting(threshold, sum(acted) / len(acted) if acted else None,
                   len(acted) / len(confidences) if confidences else None)
 
 
-def choose_act_threshold(confidences: Sequence[float], exact: Sequence[bool], precision: float = ACT_PRECISION) -> float:
-    """The lowest threshold whose acting calls are exact at least `precision` of the time, over the calls that name
-    a function; halfway down to the next lower confidence. `NEVER` when no threshold gets there."""
-    ranked = sorted(zip(confidences, exact, strict=True), key=lambda pair: -pair[0])
-    best, right = None, 0
+def choose_act_threshold(confidences: Sequence[float], hits: Sequence[bool], precision: float = ACT_PRECISION) -> float:
+    """The lowest confidence whose calls at or above it are exact at least `precision` of the time, over the calls
+    that name a function (calls of one confidence act together). `NEVER` when none gets there."""
+    ranked = sorted(zip(confidences, hits, strict=True), key=lambda pair: -pair[0])
+    threshold, right = NEVER, 0
     for index, (confidence, hit) in enumerate(ranked):
         right += hit
         last_of_its_value = index + 1 == len(ranked) or ranked[index + 1][0] < confidence
         if last_of_its_value and right >= precision * (index + 1):
-            best = index
-    if best is None:
-        return NEVER
-    lower = ranked[best + 1][0] if best + 1 < len(ranked) else 0.0
-    return (ranked[best][0] + lower) / 2
+            threshold = confidence
+    return threshold
 
 
 @dataclass
@@ -66,10 +64,10 @@ class ReliabilityBin:
     exact_rate: float | None
 
 
-def reliability(confidences: Sequence[float], exact: Sequence[bool], bins: int = RELIABILITY_BINS) -> list[ReliabilityBin]:
+def reliability(confidences: Sequence[float], hits: Sequence[bool], bins: int = RELIABILITY_BINS) -> list[ReliabilityBin]:
     """Confidence against the observed exact rate, in equal-width bins over [0, 1]."""
     grouped: list[list[tuple[float, bool]]] = [[] for _ in range(bins)]
-    for confidence, hit in zip(confidences, exact, strict=True):
+    for confidence, hit in zip(confidences, hits, strict=True):
         grouped[min(bins - 1, max(0, int(confidence * bins)))].append((confidence, hit))
     return [ReliabilityBin(i / bins, (i + 1) / bins, len(group),
                            sum(c for c, _ in group) / len(group) if group else None,

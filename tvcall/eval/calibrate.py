@@ -39,9 +39,6 @@ class Calibration:
     dev_function_accuracy_by_sharpness: dict[str, float] = field(default_factory=dict)  # at the chosen weight
     link_weight: float = 0.0
     dev_function_accuracy_by_link_weight: dict[str, float] = field(default_factory=dict)  # at the chosen sharpness
-    act_threshold: float = 0.0  # the router executes a call only at or above this confidence
-    dev_act_precision: float | None = None  # exact share of the dev calls at or above it
-    dev_act_coverage: float | None = None  # share of the dev calls naming a function that are at or above it
 
 
 def accuracy_at(bias: float, margins: list[float], names: list[str | None], golds: list[str | None]) -> float:
@@ -85,7 +82,7 @@ def calibrate(engine: TransformersEngine, records: list[Record], weights: tuple[
     has_prior = engine.retriever is not None and engine.retriever.classifier is not None
 
     def trial(settings: NameSettings) -> _Tried:
-        engine.name_settings = settings
+        engine.name_settings = replace(settings, null_bias=0.0)  # the bias is chosen on the unbiased margins
         results = engine.route_batch(texts, name_only=True)  # only the names count here: batched, no arguments
         margins, names = [r.null_margin for r in results], [r.name for r in results]
         bias = choose_null_bias(margins, names, golds)
@@ -142,10 +139,9 @@ def ensure_calibrated(engine: TransformersEngine, run_dir: Path, data_dir: Path)
     dev = read_split(data_dir, "dev")
     print(f"calibrating {'the act threshold' if kept else 'the name stage and the act threshold'} on {len(dev)} dev "
           f"utterances of {data_dir}", file=sys.stderr)
-    calibration = Calibration(**kept) if kept is not None else calibrate(engine, dev)
+    chosen = kept if kept is not None else asdict(calibrate(engine, dev))  # an older file keeps its name settings
     acting = calibrate_acting(engine, dev)
-    calibration.act_threshold, calibration.dev_act_precision, calibration.dev_act_coverage = \
-        acting.threshold, acting.precision, acting.coverage
-    write_atomic(path, json.dumps(asdict(calibration), indent=1) + "\n")
-    print(f"{path}: {calibration}", file=sys.stderr)
+    chosen |= {"act_threshold": acting.threshold, "dev_act_precision": acting.precision, "dev_act_coverage": acting.coverage}
+    write_atomic(path, json.dumps(chosen, indent=1) + "\n")
+    print(f"{path}: {chosen}", file=sys.stderr)
     return True

@@ -153,7 +153,7 @@ class Demo:
         lang = transcript.lang if transcript else guess_lang(text)
         outcome = self._describe(text, result, lang, transcript)
         if result.name is not None:
-            await self._act(outcome, text, result, lang)
+            await self._act(outcome, result, lang)
         return outcome
 
     async def run_audio(self, path: str | None, lang: str) -> Outcome:
@@ -190,12 +190,12 @@ class Demo:
         status = "No TV function matches this command." if spec is None else f"`{spec.name}`: {spec.description.forms(lang)[0]}"
         return Outcome(status, text if transcript else "", slot_highlights(text, result.arguments, spec, lang), result.call(), timing)
 
-    async def _act(self, outcome: Outcome, text: str, result: RouteResult, lang: str) -> None:
+    async def _act(self, outcome: Outcome, result: RouteResult, lang: str) -> None:
         assert result.name is not None
         spec = self.state.registry[result.name]
-        if asked := self.state.clarification(text, result):
-            outcome.status = (f"Not sure enough to run `{spec.name}` (confidence {result.confidence:.2f}, under "
-                              f"{self.state.act_threshold:.2f}). Did you mean " + ", ".join(f"`{n}`" for n in asked) + "?")
+        if asked := self.state.clarification(result):
+            outcome.status = (f"Not sure enough to run `{spec.name}` (confidence {result.confidence:.3f}, under "
+                              f"{self.state.act_threshold:.3f}). Did you mean " + ", ".join(f"`{n}`" for n in asked) + "?")
             return
         if spec.risk == "confirm":
             outcome.pending = self.state.confirmations.hold(spec.name, result.arguments)

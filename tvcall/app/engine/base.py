@@ -20,6 +20,7 @@ class RouteResult:
     errors: list[str] = field(default_factory=list)  # schema violations found after decoding
     stats: dict[str, int] = field(default_factory=dict)
     null_margin: float = math.nan  # "no function" logit minus the best name's at the first name token (unbiased)
+    candidates: list[str] = field(default_factory=list)  # the functions most likely meant, best first (if known)
 
     @property
     def valid(self) -> bool:
@@ -39,6 +40,3 @@ class Engine(ABC):
     @abstractmethod
     def route(self, text: str) -> RouteResult: ...
 
-    def candidates(self, text: str, count: int) -> list[str]:
-        """The functions most likely meant, best first, for asking the user which one; none known: empty."""
-        return []

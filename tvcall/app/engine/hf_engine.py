@@ -20,7 +20,7 @@ from tvcall.app.engine.fastlm import FastLlama
 from tvcall.data.mentions import LexiconLinker
 from tvcall.data.prompt import prompt_ids
 from tvcall.functions.registry import Registry, default_registry
-from tvcall.functions.retrieve import Retriever, load_classifier
+from tvcall.functions.retrieve import Retrieved, Retriever, load_classifier
 from tvcall.functions.validate import call_errors
 from tvcall.model.load import cpu_bf16_native, load_run_model
 from tvcall.run import DEFAULT_RUN_DIR, DEFAULT_TOP_OBJECTS, RunDir
@@ -123,13 +123,6 @@ class TransformersEngine(Engine):
     def route(self, text: str) -> RouteResult:
         return self.route_batch([text])[0]
 
-    def candidates(self, text: str, count: int) -> list[str]:
-        """The retriever's functions, ranked by the classifier's prior where there is one."""
-        if self.retriever is None or not self.top_objects:
-            return []
-        found = self.retriever.retrieve(text, self.top_objects)
-        ranked = sorted(found.functions, key=lambda name: -found.prior.get(name, -math.inf)) if found.prior else found.functions
-        return ranked[:count]
 
     def route_batch(self, texts: list[str], name_only: bool = False) -> list[RouteResult]:
         """Route several utterances in one batched decode; results in order, each as `route` would give.
@@ -140,19 +133,29 @@ class TransformersEngine(Engine):
             options = [f.options if self.prompt_options else () for f in found]
             decoded = self.decoder.decode_batch(texts, [f.functions for f in found], options, [f.prior for f in found],
                                                 name_only)
+            ranked = [likeliest(f) for f in found]
         else:
             decoded = self.decoder.decode_batch(texts, [None] * len(texts), [()] * len(texts), name_only=name_only)
+            ranked = [[] for _ in texts]
         latency_ms = (time.perf_counter() - started) * 1000
-        return [self._result(d, latency_ms, validate=not name_only) for d in decoded]
+        return [self._result(d, latency_ms, validate=not name_only, candidates=c) for d, c in zip(decoded, ranked, strict=True)]
 
-    def _result(self, decoded: Decoded, latency_ms: float, validate: bool = True) -> RouteResult:
-        return RouteResult(
+    def _result(self, decoded: Decoded, latency_ms: float, validate: bool = True, candidates: list[str] | None = None) -> RouteResult:
+        return RouteResult(candidates=(candidates or [])[:CANDIDATES_KEPT],
             name=decoded.name, arguments=decoded.arguments, confidence=decoded.confidence, latency_ms=latency_ms,
             raw=decoded.text, errors=call_errors(self.registry, decoded.name, decoded.arguments) if validate else [],
             stats={"model_calls": decoded.model_calls, "decided_tokens": decoded.decided_tokens,
                    "forced_tokens": decoded.forced_tokens},
             null_margin=decoded.null_margin,
         )
+
+
+CANDIDATES_KEPT = 5  # the likeliest functions a result carries, for asking the user which one was meant
+
+
+def likeliest(found: Retrieved) -> list[str]:
+    """The retrieved functions, best first: by the classifier's prior where there is one, else in retrieval order."""
+    return sorted(found.functions, key=lambda name: -found.prior.get(name, -math.inf)) if found.prior else found.functions
 
 
 def fast_dtype() -> torch.dtype:

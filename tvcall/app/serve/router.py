@@ -90,13 +90,12 @@ class RouterState:
         self.act_threshold = engine.act_threshold if config.act_threshold is None else config.act_threshold
         self.traffic = TrafficLog(Path(config.traffic), config.run, config.data_version) if config.traffic else None
 
-    def clarification(self, text: str, result: RouteResult) -> list[str] | None:
+    def clarification(self, result: RouteResult) -> list[str] | None:
         """The functions to ask the user about when a call is under the act threshold (its own first); None: act."""
         if result.name is None or result.confidence >= self.act_threshold:
             return None
         self.metrics.clarifications.inc()
-        offered = [result.name, *self.engine.candidates(text, CLARIFY_CANDIDATES)]
-        return list(dict.fromkeys(offered))[:CLARIFY_CANDIDATES]
+        return list(dict.fromkeys([result.name, *result.candidates]))[:CLARIFY_CANDIDATES]
 
     async def log(self, answered: Answered) -> None:
         """Keep an answered request; a failed write is counted and logged, never the request's failure."""
@@ -148,7 +147,7 @@ def build_api(state: RouterState) -> APIRouter:
         response = RouteResponse(id=new_request_id("req"), name=result.name, arguments=result.arguments,
                                  confidence=result.confidence, latency_ms=0.0, risky=bool(spec and spec.risk == "confirm"))
         confirmation = None
-        if body.execute and spec is not None and (asked := state.clarification(body.text, result)):
+        if body.execute and spec is not None and (asked := state.clarification(result)):
             response.needs_clarification, response.candidates = True, asked
         elif body.execute and spec is not None:
             if response.risky:
@@ -249,6 +248,11 @@ def create_app(engine: Engine, config: RouterConfig | None = None, tv: Simulated
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state.act_threshold > 1:
+            log.warning("execute runs no call: the act threshold is %.2f (dev never reached the precision it needs)",
+                        state.act_threshold)
+        elif state.act_threshold > 0:
+            log.info("execute runs calls at confidence %.3f or more, and asks about the rest", state.act_threshold)
         await state.batcher.start()
         try:
             yield
