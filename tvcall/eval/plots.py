@@ -23,6 +23,7 @@ from matplotlib.figure import Figure  # no pyplot: the Agg canvas without switch
 from tvcall.data.record import write_atomic
 
 TOP_N = 15  # functions per F1 panel
+SLOT_TYPES_SHOWN = 25
 CONFUSED_PAIRS = 12
 NONE_LABEL = "(no function)"
 CJK_FAMILIES = ("WenQuanYi Zen Hei", "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "SimHei", "Microsoft YaHei")
@@ -204,6 +205,12 @@ def _sections(rows: list[dict[str, Any]], metrics: dict[str, Any], learning_curv
         parts += ["<h2>Per domain</h2>", _table(["domain", "n", "function_accuracy", "slot_f1", "exact_match"],
                                                 [[d, str(m.get("n")), _value(m.get("function_accuracy")), _value(m.get("slot_f1")),
                                                   _value(m.get("exact_match"))] for d, m in domains.items()])]
+    if metrics.get("slot_errors"):
+        parts += ["<h2>Slot errors</h2>", _table(["kind", "count"], [[k, str(v)] for k, v in metrics["slot_errors"].items()])]
+    if metrics.get("slot_f1_by_type"):
+        parts += ["<h2>Slots by type</h2>", _table(["slot", "support", "precision", "recall", "F1"], [
+            [slot, str(m["support"]), _value(m["precision"]), _value(m["recall"]), _value(m["f1"])]
+            for slot, m in list(metrics["slot_f1_by_type"].items())[:SLOT_TYPES_SHOWN]])]
     parts.append("<h2>Per-function F1</h2>")
     scores = function_scores(rows)
     parts.append(_img(_png(f1_figure(scores)), "per-function F1") if scores else "<p>No utterances.</p>")

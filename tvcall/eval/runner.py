@@ -14,7 +14,7 @@ from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.data.record import Record, write_atomic
 from tvcall.eval.acting import acting_summary
 from tvcall.eval.metrics import Prediction, per_domain, score, slot_breakdown
-from tvcall.eval.plots import write_html_report
+from tvcall.eval.plots import SLOT_TYPES_SHOWN, write_html_report
 from tvcall.eval.published import published_section
 
 HEADLINE = ("function_accuracy", "slot_f1", "exact_match", "json_valid_rate", "schema_valid_rate",
@@ -70,8 +70,6 @@ def report_markdown(metrics: dict[str, Any], domains: dict[str, dict[str, Any]],
     lines += published_section(meta.get("benchmark"), metrics)
     return "\n".join(lines) + "\n"
 
-
-SLOT_TYPES_SHOWN = 25
 
 
 def _slot_sections(metrics: dict[str, Any]) -> list[str]:
