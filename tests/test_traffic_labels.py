@@ -16,7 +16,7 @@ from tvcall.data.record import Span
 from tvcall.data.review import review_terminal
 from tvcall.data.splits import read_manifest, read_split
 from tvcall.data.teacher import Teacher, label_traffic
-from tvcall.data.traffic import connect, logged, review_queue, save_label
+from tvcall.data.traffic import Logged, connect, logged, review_queue, save_label
 from tvcall.errors import InputError
 from tvcall.functions.validate import call_errors
 
@@ -54,6 +54,16 @@ def test_the_review_queue_puts_complaints_then_disagreements_then_doubt_first(re
         save_label(connection, registry, ids[0], "review", "sound.volume.set", {"value": 30})
         queue = [item.id for item in review_queue(logged(connection))]
     assert queue == [ids[1], ids[2], ids[3]]  # wrong, teacher disagrees, least confident; the reviewed one is done
+
+
+def test_doubtful_answers_are_reviewed_in_turn_across_functions():
+    def item(i, name, confidence):
+        return Logged(f"r{i}", float(i), "t", "en", name, {}, confidence, False, None, None)
+
+    long_calls = [item(i, "a.b.many_slots", 0.1 + i / 100) for i in range(4)]  # many slots: doubtful by construction
+    others = [item(10, "a.b.short", 0.6), item(11, "a.b.short", 0.5), item(12, None, 0.7)]
+    order = [i.id for i in review_queue(long_calls + others)]
+    assert order[:3] == ["r0", "r11", "r12"] and order[3:5] == ["r1", "r10"] and order[5:] == ["r2", "r3"]
 
 
 def test_terminal_review_saves_only_calls_that_validate(registry, log):

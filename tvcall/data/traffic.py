@@ -123,9 +123,23 @@ def logged(connection: sqlite3.Connection) -> list[Logged]:
 
 def review_queue(items: list[Logged]) -> list[Logged]:
     """What most needs a person first: a client said it was wrong, then a teacher disagrees with the router, then
-    the router's least confident answers; reviewed requests are done."""
+    the router's least confident answers, taken in turn across the functions it answered (`doubt_in_turn`);
+    reviewed requests are done."""
     pending = [item for item in items if item.reviewed is None]
-    return sorted(pending, key=lambda item: (not item.feedback_wrong, not item.teacher_disagrees, item.confidence, item.time))
+    flagged = sorted((i for i in pending if i.feedback_wrong or i.teacher_disagrees),
+                     key=lambda item: (not item.feedback_wrong, not item.teacher_disagrees, item.confidence, item.time))
+    return flagged + doubt_in_turn([i for i in pending if not (i.feedback_wrong or i.teacher_disagrees)])
+
+
+def doubt_in_turn(items: list[Logged]) -> list[Logged]:
+    """The least confident answer of each function the router answered (and of "no function"), then the next of
+    each, and so on: a call's confidence is a product over its choices, so by confidence alone the functions with
+    the most slots would take most reviews (docs/traffic.md)."""
+    by_function: dict[str | None, list[Logged]] = {}
+    for item in sorted(items, key=lambda item: (item.confidence, item.time)):
+        by_function.setdefault(item.name, []).append(item)
+    groups = list(by_function.values())  # in the order of each function's least confident answer
+    return [group[rank] for rank in range(max(map(len, groups), default=0)) for group in groups if rank < len(group)]
 
 
 def value_spans(text: str, arguments: dict[str, Any]) -> list[Span]:
