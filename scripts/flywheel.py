@@ -5,17 +5,19 @@ reviewer labels some of them, and the model retrained with those labels is compa
    the seed data folder (the set's registry, dev and test splits) and the next `--traffic-size` as traffic.
 2. Train on the seed data within `--minutes` (`tvcall train`), evaluate on the test split (`tvcall eval`).
 3. Serve that run (`tvcall serve`, its traffic log on) and send it every traffic utterance over HTTP.
-4. Review `--review` requests twice, each into a copy of the log: those the review queue puts first, and a seeded
-   random sample. The gold labels of the set are the reviewer's decisions, saved through `save_label`, the path
-   `tvcall traffic review` and the demo's Review tab take.
-5. Export each (`tvcall traffic export`), retrain with the seed data plus the export under the same budget,
-   evaluate every run on the set's test split and on each export's test split (the newest traffic), and compare
-   each with the first run and with each other (`tvcall eval compare`, paired bootstrap).
+4. Hold the newest `--newest` requests out as a test of the newest traffic (their gold labels, exported as a test
+   split). Review `--review` of the older ones twice, each into a copy of the log: those the review queue puts
+   first, and a seeded random sample. The gold labels of the set are the reviewer's decisions, saved through
+   `save_label`, the path `tvcall traffic review` and the demo's Review tab take.
+5. Export each review whole as training data (`tvcall traffic export --split-shares 1,0,0`), retrain with the seed
+   data plus the export under the same budget, evaluate every run on the set's test split and on the newest
+   traffic, and compare each with the first run and with each other (`tvcall eval compare`, paired bootstrap).
 
-Every stage is skipped when its output exists, so an interrupted run resumes where it stopped.
+Every stage is skipped when its output exists, so an interrupted run resumes where it stopped; `--seed-run` starts
+from a seed run already trained on the seed data.
 
     .venv/bin/python scripts/flywheel.py                                   # SNIPS, 1,000 + 3,000, 300 reviewed, 20 min
-    .venv/bin/python scripts/flywheel.py --seed-size 64 --traffic-size 60 --review 10 --minutes 1 --out runs/flywheel-smoke
+    .venv/bin/python scripts/flywheel.py --seed-size 64 --traffic-size 60 --newest 10 --review 10 --minutes 1 --out runs/flywheel-smoke
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def seed_folder(imported: Path, out: Path, size: int, traffic_size: int, seed: i
 
 
 def train_and_eval(run: Path, data: list[Path], minutes: float) -> None:
-    if not (run / "eval-test" / "metrics.json").exists():
+    if not RunDir(run).predictions_file("test").exists():
         data_args = [arg for folder in data for arg in ("--data", str(folder))]
         tvcall("train", "--config", "cpu-default", *data_args, "--out", str(run), "--set", f"max_train_minutes={minutes}",
                "--set", "num_train_examples=1000000", "--set", "num_train_epochs=20")  # the clock ends it, schedule decayed
@@ -77,20 +79,29 @@ def serve_traffic(run: Path, log: Path, traffic: list[Record], clients: int) -> 
     print(f"served {report.ok} of {len(texts)} traffic utterances ({report.requests_per_s:.2f} req/s, p50 {report.p50_ms:.0f} ms)")
 
 
-def review(log: Path, reviewed_log: Path, traffic: list[Record], registry: Registry, count: int, order: str, seed: int) -> None:
-    """Copy the log and apply the gold labels of `count` requests, chosen by the queue's order or at random."""
+def review(log: Path, reviewed_log: Path, traffic: list[Record], registry: Registry, count: int, order: str, newest: int,
+           seed: int) -> None:
+    """Copy the log and apply the gold labels of `count` requests older than the newest `newest`: those the queue
+    puts first, or a seeded random sample; order "newest" labels the newest `newest` themselves."""
     if reviewed_log.exists():
         return
     shutil.copy(log, reviewed_log)
     gold = {record.text: record for record in traffic}
     with connect(reviewed_log) as connection:
         items = logged(connection)
-        chosen = review_queue(items)[:count] if order == "queue" else random.Random(seed).sample(items, min(count, len(items)))
+        older, latest = items[:len(items) - newest], items[len(items) - newest:]
+        chosen = {"queue": lambda: review_queue(older)[:count], "random": lambda: random.Random(seed).sample(older, min(count, len(older))),
+                  "newest": lambda: latest}[order]()
         for item in chosen:
             record = gold[item.text]
             save_label(connection, registry, item.id, "review", record.function, record.arguments, record.spans, f"gold-{order}")
     print(f"{order}: reviewed {len(chosen)}; the router was wrong on "
           f"{sum((i.name, i.arguments) != (gold[i.text].function, gold[i.text].arguments) for i in chosen)} of them")
+
+
+def export(run: Path, reviewed_log: Path, out: Path, shares: str) -> None:
+    if not (out / "manifest.json").exists():
+        tvcall("traffic", "export", "--run", str(run), "--log", str(reviewed_log), "--out", str(out), "--split-shares", shares)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-size", type=int, default=1000)
     parser.add_argument("--traffic-size", type=int, default=3000)
     parser.add_argument("--review", type=int, default=300)
+    parser.add_argument("--newest", type=int, default=300, help="the newest requests, held out as a test of the newest traffic")
+    parser.add_argument("--seed-run", type=Path, help="a run already trained on the seed data, to serve instead of training one")
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget of every run")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -114,26 +127,28 @@ def main(argv: list[str] | None = None) -> int:
         tvcall("data", "import", "--format", args.format, args.source, "--out", str(imported), "--name", args.name)
     seed_data = out / "seed-data"
     traffic = seed_folder(imported, seed_data, args.seed_size, args.traffic_size, args.seed)
-    first = out / "run-seed"
+    first = args.seed_run or out / "run-seed"
     train_and_eval(first, [seed_data], args.minutes)
     log = out / "traffic.sqlite"
     serve_traffic(first, log, traffic, args.clients)
+    registry = registry_for_data(seed_data)
 
+    newest = out / "export-newest"
+    review(log, out / "traffic-newest.sqlite", traffic, registry, args.review, "newest", args.newest, args.seed)
+    export(first, out / "traffic-newest.sqlite", newest, "0,0,1")
     runs = {}
     for order in ORDERS:
-        reviewed_log, export, run = out / f"traffic-{order}.sqlite", out / f"export-{order}", out / f"run-{order}"
-        review(log, reviewed_log, traffic, registry_for_data(seed_data), args.review, order, args.seed)
-        if not (export / "manifest.json").exists():
-            tvcall("traffic", "export", "--run", str(first), "--log", str(reviewed_log), "--out", str(export))
-        train_and_eval(run, [seed_data, export], args.minutes)
+        reviewed_log, exported, run = out / f"traffic-{order}.sqlite", out / f"export-{order}", out / f"run-{order}"
+        review(log, reviewed_log, traffic, registry, args.review, order, args.newest, args.seed)
+        export(first, reviewed_log, exported, "1,0,0")
+        train_and_eval(run, [seed_data, exported], args.minutes)
         runs[order] = run
-    for run in (first, *runs.values()):  # every run on every export's test split: the newest traffic
-        for order in ORDERS:
-            export = out / f"export-{order}"
-            if not (run / f"eval-test-on-{export.name}" / "metrics.json").exists():
-                tvcall("eval", "--run", str(run), "--data", str(export))
+    for run in (first, *runs.values()):
+        if not RunDir(run).predictions_file("test", newest).exists():
+            tvcall("eval", "--run", str(run), "--data", str(newest))
     for a, b in ((first, runs["queue"]), (first, runs["random"]), (runs["random"], runs["queue"])):
         print(f"\n## {b.name} against {a.name}\n" + tvcall("eval", "compare", str(a), str(b), "--split", "test"), flush=True)
+        print("\non the newest traffic:\n" + tvcall("eval", "compare", str(a), str(b), "--split", "test", "--data", str(newest)), flush=True)
     return 0
 
 

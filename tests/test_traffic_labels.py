@@ -119,6 +119,17 @@ def test_export_writes_reviewed_traffic_as_a_dataset_split_by_time(registry, log
     assert main(["traffic", "export", "--log", str(path), "--out", str(with_teacher), "--include-teacher"]) == 0
     everything = [r for split in ("train", "dev", "test") for r in read_split(with_teacher, split)]
     assert {r.id: r.source for r in everything}[ids[2]] == "traffic:teacher"
+    all_train = tmp_path / "export-all-train"
+    assert main(["traffic", "export", "--log", str(path), "--out", str(all_train), "--split-shares", "1,0,0"]) == 0
+    assert [r.id for r in read_split(all_train, "train")] == [ids[0], ids[1], ids[3]]
+    assert read_split(all_train, "dev") == read_split(all_train, "test") == []
+
+
+@pytest.mark.parametrize("shares", ["0.5,0.5", "0.7,0.2,0.2", "1,-0.5,0.5", "a,b,c"])
+def test_export_rejects_split_shares_that_are_not_three_shares_adding_up_to_one(log, tmp_path, capsys, shares):
+    out = tmp_path / "export"
+    assert main(["traffic", "export", "--log", str(log[0]), "--out", str(out), "--split-shares", shares]) == 2
+    assert f"--split-shares: {shares}: needs three shares" in capsys.readouterr().err and not out.exists()
 
 
 def test_traffic_commands_name_what_they_miss(tmp_path, capsys):

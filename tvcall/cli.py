@@ -189,6 +189,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_compare(args: argparse.Namespace) -> None:
+    from tvcall.data.splits import read_split
     from tvcall.eval.compare import compare_runs, format_table, is_eval_dir
 
     data = Path(args.data) if args.data else None
@@ -196,6 +197,8 @@ def cmd_eval_compare(args: argparse.Namespace) -> None:
     run_a, run_b = RunDir(args.run_a), RunDir(args.run_b)
     extras = [] if data or is_eval_dir(run_b.path) else run_b.config().extra_data_dirs or []
     for extra in map(Path, extras):  # B also trained on these (exported traffic)
+        if not read_split(extra, args.split):
+            continue
         if run_a.predictions_file(args.split, extra).exists() and run_b.predictions_file(args.split, extra).exists():
             print(f"\non the {args.split} split of {extra}, which B also trained on:")
             print(format_table(compare_runs(run_a.path, run_b.path, args.split, args.samples, args.seed, extra)), end="")
@@ -317,7 +320,7 @@ def cmd_traffic(args: argparse.Namespace) -> None:
         print(f"tvcall: error: traffic {args.action} needs {' and '.join(missing)}", file=sys.stderr)
         raise SystemExit(2)
     if args.action == "export":
-        manifest = traffic.export(log_path, Path(args.out), include_teacher=args.include_teacher)
+        manifest = traffic.export(log_path, Path(args.out), args.include_teacher, traffic.split_shares(args.split_shares))
         _print_json(manifest["files"])
         print(Path(args.out) / "manifest.json")
         return
@@ -498,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reviewer", default="terminal", help="review: who decides (kept with each label)")
     p.add_argument("--out", help="export: the dataset folder to write")
     p.add_argument("--include-teacher", action="store_true", help="export: also requests only a teacher labelled")
+    p.add_argument("--split-shares", default="0.7,0.1,0.2", metavar="TRAIN,DEV,TEST",
+                   help="export: shares of the records, oldest to newest, for train, dev and test (default: %(default)s)")
     p.set_defaults(func=cmd_traffic)
 
     p = sub.add_parser("plan", help="GPU memory for a fine-tuning run, from the model's config (no weights)")

@@ -125,10 +125,13 @@ def review_queue(items: list[Logged]) -> list[Logged]:
     """What most needs a person first: a client said it was wrong, then a teacher disagrees with the router, then
     the router's least confident answers, taken in turn across the functions it answered (`doubt_in_turn`);
     reviewed requests are done."""
-    pending = [item for item in items if item.reviewed is None]
-    flagged = sorted((i for i in pending if i.feedback_wrong or i.teacher_disagrees),
-                     key=lambda item: (not item.feedback_wrong, not item.teacher_disagrees, item.confidence, item.time))
-    return flagged + doubt_in_turn([i for i in pending if not (i.feedback_wrong or i.teacher_disagrees)])
+    flagged: list[Logged] = []
+    doubtful: list[Logged] = []
+    for item in items:
+        if item.reviewed is None:
+            (flagged if item.feedback_wrong or item.teacher_disagrees else doubtful).append(item)
+    flagged.sort(key=lambda item: (not item.feedback_wrong, not item.teacher_disagrees, item.confidence, item.time))
+    return flagged + doubt_in_turn(doubtful)
 
 
 def doubt_in_turn(items: list[Logged]) -> list[Logged]:
@@ -183,9 +186,21 @@ def save_label(connection: sqlite3.Connection, registry: Registry, request_id: s
 SPLIT_SHARES = {"train": 0.7, "dev": 0.1, "test": 0.2}  # by time: the newest traffic is the test split
 
 
-def export(path: Path, out: Path, include_teacher: bool = False) -> dict[str, Any]:
+def split_shares(text: str) -> dict[str, float]:
+    """`0.7,0.1,0.2` as train, dev and test shares: three numbers from 0 to 1 that add up to 1."""
+    try:
+        shares = [float(part) for part in text.split(",")]
+    except ValueError:
+        shares = []
+    if len(shares) != len(SPLIT_SHARES) or any(not 0 <= share <= 1 for share in shares) or abs(sum(shares) - 1) > 1e-6:
+        raise InputError("--split-shares", None, text, "needs three shares from 0 to 1 for train,dev,test that add up to 1")
+    return dict(zip(SPLIT_SHARES, shares, strict=True))
+
+
+def export(path: Path, out: Path, include_teacher: bool = False, shares: dict[str, float] = SPLIT_SHARES) -> dict[str, Any]:
     """Reviewed requests (and, with `include_teacher`, those only a teacher labelled) as a dataset folder: records
-    with spans and provenance, split by time (oldest to train, newest to test), and a manifest with its version."""
+    with spans and provenance, split by time (oldest to train, newest to test, by `shares`), and a manifest with
+    its version."""
     with opened(path) as connection:
         items = logged(connection)
     records: list[Record] = []
@@ -198,8 +213,8 @@ def export(path: Path, out: Path, include_teacher: bool = False) -> dict[str, An
                               spans=spans, source=f"traffic:{source}"))
     splits: dict[str, list[Record]] = {}
     start = 0
-    for index, (split, share) in enumerate(SPLIT_SHARES.items()):
-        end = len(records) if index == len(SPLIT_SHARES) - 1 else start + round(share * len(records))
+    for index, (split, share) in enumerate(shares.items()):
+        end = len(records) if index == len(shares) - 1 else start + round(share * len(records))
         splits[split], start = records[start:end], end
     files = {}
     for split, chosen in splits.items():
@@ -208,7 +223,8 @@ def export(path: Path, out: Path, include_teacher: bool = False) -> dict[str, An
         files[split] = {"records": len(chosen), "out_of_scope": sum(r.function is None for r in chosen),
                         "functions": len({r.function for r in chosen if r.function}),
                         "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
-    manifest: dict[str, Any] = {"traffic": {"log": str(path), "include_teacher": include_teacher}, "files": files}
+    manifest: dict[str, Any] = {"traffic": {"log": str(path), "include_teacher": include_teacher, "split_shares": shares},
+                                "files": files}
     manifest["version"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
     write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return manifest
