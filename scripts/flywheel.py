@@ -12,6 +12,8 @@ reviewer labels some of them, and the model retrained with those labels is compa
 5. Export each review whole as training data (`tvcall traffic export --split-shares 1,0,0`), retrain with the seed
    data plus the export under the same budget, evaluate every run on the set's test split and on the newest
    traffic, and compare each with the first run and with each other (`tvcall eval compare`, paired bootstrap).
+   With `--warm-start` each retraining starts from the served model's adapter, and a control trained as long on
+   the seed data alone tells the reviewed traffic's share of the gain from the extra training's.
 
 Every stage is skipped when its output exists, so an interrupted run resumes where it stopped; `--seed-run` starts
 from a seed run already trained on the seed data.
@@ -61,10 +63,11 @@ def seed_folder(imported: Path, out: Path, size: int, traffic_size: int, seed: i
     return train[size:size + traffic_size]
 
 
-def train_and_eval(run: Path, data: list[Path], minutes: float) -> None:
+def train_and_eval(run: Path, data: list[Path], minutes: float, init: Path | None = None) -> None:
     if not RunDir(run).predictions_file("test").exists():
         data_args = [arg for folder in data for arg in ("--data", str(folder))]
-        tvcall("train", "--config", "cpu-default", *data_args, "--out", str(run), "--set", f"max_train_minutes={minutes}",
+        init_args = ["--init-from", str(init)] if init else []
+        tvcall("train", "--config", "cpu-default", *data_args, *init_args, "--out", str(run), "--set", f"max_train_minutes={minutes}",
                "--set", "num_train_examples=1000000", "--set", "num_train_epochs=20")  # the clock ends it, schedule decayed
         tvcall("eval", "--run", str(run))
 
@@ -114,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--traffic-size", type=int, default=3000)
     parser.add_argument("--review", type=int, default=300)
     parser.add_argument("--newest", type=int, default=300, help="the newest requests, held out as a test of the newest traffic")
+    parser.add_argument("--warm-start", action="store_true", help="retrain from the seed run's adapter (`tvcall train "
+                        "--init-from`), beside a control trained further on the seed data alone")
     parser.add_argument("--seed-run", type=Path, help="a run already trained on the seed data, to serve instead of training one")
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget of every run")
     parser.add_argument("--clients", type=int, default=8)
@@ -136,17 +141,24 @@ def main(argv: list[str] | None = None) -> int:
     newest = out / "export-newest"
     review(log, out / "traffic-newest.sqlite", traffic, registry, args.review, "newest", args.newest, args.seed)
     export(first, out / "traffic-newest.sqlite", newest, "0,0,1")
+    init, suffix = (first, "-warm") if args.warm_start else (None, "")
     runs = {}
+    if args.warm_start:  # the control: the same further training without the reviewed traffic
+        runs["seed"] = out / "run-seed-warm"
+        train_and_eval(runs["seed"], [seed_data], args.minutes, init)
     for order in ORDERS:
-        reviewed_log, exported, run = out / f"traffic-{order}.sqlite", out / f"export-{order}", out / f"run-{order}"
+        reviewed_log, exported, run = out / f"traffic-{order}.sqlite", out / f"export-{order}", out / f"run-{order}{suffix}"
         review(log, reviewed_log, traffic, registry, args.review, order, args.newest, args.seed)
         export(first, reviewed_log, exported, "1,0,0")
-        train_and_eval(run, [seed_data, exported], args.minutes)
+        train_and_eval(run, [seed_data, exported], args.minutes, init)
         runs[order] = run
     for run in (first, *runs.values()):
         if not RunDir(run).predictions_file("test", newest).exists():
             tvcall("eval", "--run", str(run), "--data", str(newest))
-    for a, b in ((first, runs["queue"]), (first, runs["random"]), (runs["random"], runs["queue"])):
+    pairs = [(first, runs["queue"]), (first, runs["random"]), (runs["random"], runs["queue"])]
+    if args.warm_start:
+        pairs += [(runs["seed"], runs["queue"]), (runs["seed"], runs["random"])]
+    for a, b in pairs:
         print(f"\n## {b.name} against {a.name}\n" + tvcall("eval", "compare", str(a), str(b), "--split", "test"), flush=True)
         print("\non the newest traffic:\n" + tvcall("eval", "compare", str(a), str(b), "--split", "test", "--data", str(newest)), flush=True)
     return 0

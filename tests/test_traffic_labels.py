@@ -6,6 +6,8 @@ import json
 import sqlite3
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from tests.test_traffic import rows, traffic_client
 from tvcall.app.engine.hf_engine import TransformersEngine
@@ -159,6 +161,17 @@ def test_train_takes_the_exported_traffic_as_a_second_data_folder(registry, log,
     assert extra >= 1 and summary.train_examples == 16 + extra
     assert summary.data_version == f"{read_manifest(data)['version']}+{read_manifest(exported)['version']}"
     assert RunDir(run).config().extra_data_dirs == [str(exported)]
+
+    # the served run trained further: it starts from the run's adapter (unchanged at learning rate 0), not a fresh one
+    further = tmp_path / "run-further"
+    _tvcall("train", "--data", str(data), "--data", str(exported), "--init-from", str(run), "--out", str(further),
+            "--set", "num_train_examples=1000", "--set", "per_device_train_batch_size=8", "--set", "learning_rate=0",
+            "--set", "lora_r=4", cwd=tmp_path)
+    started, ended = (load_file(RunDir(r).adapter_dir / "adapter_model.safetensors") for r in (run, further))
+    assert started.keys() == ended.keys() and all(torch.equal(started[k], ended[k]) for k in started)
+    assert RunDir(further).config().lora == RunDir(run).config().lora and RunDir(further).config().init_adapter == str(run)
+    assert main(["train", "--data", str(data), "--init-from", str(data), "--out", str(tmp_path / "run-no-adapter")]) == 2
+    assert "init_adapter: needs a LoRA adapter to start from" in capsys.readouterr().err
 
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -79,6 +79,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             overrides.append(f"extra_data_dirs={json.dumps(args.data[1:])}")
     if args.out:
         overrides.append(f"output_dir={args.out}")
+    if args.init_from:
+        overrides.append(f"init_adapter={args.init_from}")
     run_dir = train(load_config(args.config, overrides))
     print(run_dir)
 
@@ -413,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", help="dataset folder (default: the preset's data_dir); given again, each "
                    "further folder's train split joins the first's (e.g. `tvcall traffic export`'s)")
     p.add_argument("--out", help="run folder (default: the preset's output_dir)")
+    p.add_argument("--init-from", metavar="RUN", help="start from this run's LoRA adapter instead of a fresh one (a served "
+                   "model trained further on new data; the run's LoRA settings are RUN's)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="constrained routing at registry scale: grammar build, latency constrained vs "

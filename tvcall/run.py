@@ -67,6 +67,7 @@ class RunConfig:
     seed: int = 0  # the training subset, the classifier and the trainer
     data_dir: str = DEFAULT_DATA_DIR  # its registry, dev and test splits are the run's
     extra_data_dirs: list[str] | None = None  # more training data: each folder's train split joins data_dir's
+    init_adapter: str | None = None  # a run whose LoRA adapter training starts from (a served run, on new data)
     output_dir: str = DEFAULT_RUN_DIR
     preset: str = ""
 

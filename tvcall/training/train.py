@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import SFTConfig, SFTTrainer
@@ -282,8 +282,23 @@ def checked_against(registry: Registry, records: list[Record], path: Path) -> li
     return records
 
 
+def warm_start(config: RunConfig) -> RunConfig:
+    """With `init_adapter`, the run's LoRA settings become that run's, whose adapter training starts from; it must
+    have one, on the same base model."""
+    if not config.init_adapter:
+        return config
+    init = RunDir(config.init_adapter)
+    if config.method not in ("lora", "qlora") or not init.has_adapter:
+        raise InputError(init.path, None, "init_adapter", f"needs a LoRA adapter to start from (in {init.adapter_dir}) "
+                         f"and a lora or qlora run (this one is {config.method})")
+    started_from = init.config()
+    if started_from.model != config.model:
+        raise InputError(init.config_file, None, "model", f"{started_from.model}, not this run's {config.model}")
+    return dataclasses.replace(config, lora=started_from.lora, lora_top_layers=started_from.lora_top_layers)
+
+
 def train(config: RunConfig) -> Path:
-    config = on_this_machine(config)
+    config = warm_start(on_this_machine(config))
     torch.manual_seed(config.seed)
     run = RunDir(config.output_dir)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -308,11 +323,13 @@ def train(config: RunConfig) -> Path:
     checkpoints = ExampleCheckpoints(run, config.checkpoint_examples or [])
     args = training_args(config, run)
     model = build_model(config)  # after SFTConfig: under DeepSpeed ZeRO-3 the weights load already partitioned
+    peft_config = lora_config(config, model) if config.method in ("lora", "qlora") else None
+    if config.init_adapter:
+        model, peft_config = PeftModel.from_pretrained(model, RunDir(config.init_adapter).adapter_dir, is_trainable=True), None
     # on a GPU trl's fused head already skips the prompt positions (and DeepSpeed/parallel set-ups keep its path)
     trainer_class = BudgetScheduled if torch.cuda.is_available() else AnswerLossTrainer
     trainer = trainer_class(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=lora_config(config, model) if config.method in ("lora", "qlora") else None,
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
         callbacks=[budget, checkpoints],
     )
     trainer.budget = budget if config.max_train_minutes else None
