@@ -93,8 +93,12 @@ def review(log: Path, reviewed_log: Path, traffic: list[Record], registry: Regis
     with connect(reviewed_log) as connection:
         items = logged(connection)
         older, latest = items[:len(items) - newest], items[len(items) - newest:]
-        chosen = {"queue": lambda: review_queue(older)[:count], "random": lambda: random.Random(seed).sample(older, min(count, len(older))),
-                  "newest": lambda: latest}[order]()
+        if order == "newest":
+            chosen = latest
+        elif order == "queue":
+            chosen = review_queue(older)[:count]
+        else:
+            chosen = random.Random(seed).sample(older, min(count, len(older)))
         for item in chosen:
             record = gold[item.text]
             save_label(connection, registry, item.id, "review", record.function, record.arguments, record.spans, f"gold-{order}")

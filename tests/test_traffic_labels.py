@@ -18,7 +18,7 @@ from tvcall.data.record import Span
 from tvcall.data.review import review_terminal
 from tvcall.data.splits import read_manifest, read_split
 from tvcall.data.teacher import Teacher, label_traffic
-from tvcall.data.traffic import Logged, connect, logged, review_queue, save_label
+from tvcall.data.traffic import Logged, connect, logged, review_queue, save_label, typicality
 from tvcall.errors import InputError
 from tvcall.functions.validate import call_errors
 
@@ -66,6 +66,24 @@ def test_doubtful_answers_are_reviewed_in_turn_across_functions():
     others = [item(10, "a.b.short", 0.6), item(11, "a.b.short", 0.5), item(12, None, 0.7)]
     order = [i.id for i in review_queue(long_calls + others)]
     assert order[:3] == ["r0", "r11", "r12"] and order[3:5] == ["r1", "r10"] and order[5:] == ["r2", "r3"]
+
+
+def test_equally_doubtful_answers_put_the_common_command_before_the_outlier():
+    def item(i, text, confidence):
+        return Logged(f"r{i}", float(i), text, "en", "a.b.play", {}, confidence, False, None, None)
+
+    common = [item(i, f"play some jazz by artist {i}", 0.9) for i in range(8)]
+    outlier = item(20, "qzx vvk plorp", 0.4)
+    doubtful_common = item(21, "play some jazz by artist 99", 0.4)
+    order = [i.id for i in review_queue([outlier, *common, doubtful_common])]
+    assert order[0] == "r21" and order.index("r21") < order.index("r20")
+
+
+def test_typicality_is_highest_for_repeated_commands_and_lowest_for_unrelated_text():
+    texts = ["turn up the volume", "turn up the volume", "turn the volume down", "xq"]
+    typical = typicality(texts, neighbours=1)
+    assert typical["turn up the volume"] == pytest.approx(1.0)
+    assert typical["turn up the volume"] > typical["turn the volume down"] > typical["xq"]
 
 
 def test_terminal_review_saves_only_calls_that_validate(registry, log):

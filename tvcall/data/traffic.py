@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import ValidationError
 
 from tvcall.data.record import Record, Span, write_atomic, write_jsonl
 from tvcall.data.splits import MANIFEST
 from tvcall.errors import InputError
 from tvcall.functions.registry import Registry
+from tvcall.functions.retrieve import char_ngrams
 from tvcall.functions.validate import call_errors
 
 SCHEMA = """
@@ -60,6 +62,8 @@ CREATE TABLE IF NOT EXISTS labels (
   PRIMARY KEY (request_id, source)
 );
 """
+TYPICAL_NEIGHBOURS = 10  # how typical a command is: its similarity to this many nearest requests
+TYPICAL_REFERENCE = 5000  # ... among a sample of at most this many
 BUSY_TIMEOUT_MS = 200  # a locked file waits this long, then the write is given up (routing never waits longer)
 Source = Literal["teacher", "review"]
 
@@ -123,26 +127,54 @@ def logged(connection: sqlite3.Connection) -> list[Logged]:
 
 def review_queue(items: list[Logged]) -> list[Logged]:
     """What most needs a person first: a client said it was wrong, then a teacher disagrees with the router, then
-    the router's least confident answers, taken in turn across the functions it answered (`doubt_in_turn`);
-    reviewed requests are done."""
+    the router's doubtful answers, taken in turn across the functions it answered (`doubt_in_turn`); reviewed
+    requests are done."""
     flagged: list[Logged] = []
     doubtful: list[Logged] = []
     for item in items:
         if item.reviewed is None:
             (flagged if item.feedback_wrong or item.teacher_disagrees else doubtful).append(item)
     flagged.sort(key=lambda item: (not item.feedback_wrong, not item.teacher_disagrees, item.confidence, item.time))
-    return flagged + doubt_in_turn(doubtful)
+    return flagged + doubt_in_turn(doubtful, typicality([item.text for item in items]))
 
 
-def doubt_in_turn(items: list[Logged]) -> list[Logged]:
-    """The least confident answer of each function the router answered (and of "no function"), then the next of
-    each, and so on: a call's confidence is a product over its choices, so by confidence alone the functions with
-    the most slots would take most reviews (docs/traffic.md)."""
+def doubt_in_turn(items: list[Logged], typical: dict[str, float] | None = None) -> list[Logged]:
+    """The most doubtful answer of each function the router answered (and of "no function"), then the next of
+    each, and so on. Doubt is (1 - confidence) times how typical the command is of the traffic: a correction of a
+    common command teaches more than one of an outlier. In turn across functions, since a call's confidence is a
+    product over its choices and by confidence alone the functions with the most slots would take most reviews
+    (docs/traffic.md)."""
+    def doubt(item: Logged) -> float:
+        return (1.0 - item.confidence) * (typical or {}).get(item.text, 1.0)
+
     by_function: dict[str | None, list[Logged]] = {}
-    for item in sorted(items, key=lambda item: (item.confidence, item.time)):
+    for item in sorted(items, key=lambda item: (-doubt(item), item.time)):
         by_function.setdefault(item.name, []).append(item)
-    groups = list(by_function.values())  # in the order of each function's least confident answer
+    groups = list(by_function.values())  # in the order of each function's most doubtful answer
     return [group[rank] for rank in range(max(map(len, groups), default=0)) for group in groups if rank < len(group)]
+
+
+def typicality(texts: list[str], neighbours: int = TYPICAL_NEIGHBOURS, reference: int = TYPICAL_REFERENCE,
+               seed: int = 0) -> dict[str, float]:
+    """How common each text's kind of command is in the traffic: the mean cosine similarity of its character
+    n-grams to its `neighbours` nearest texts among a seeded sample of at most `reference` of them (information
+    density, Settles & Craven 2008). The sample bounds the cost on a long log."""
+    unique = list(dict.fromkeys(texts))
+    if len(unique) < 2:
+        return {text: 1.0 for text in unique}
+    vectors = char_ngrams().fit_transform(texts)
+    sample = np.random.default_rng(seed).permutation(len(texts))[:reference]
+    first_row = {text: row for row, text in reversed(list(enumerate(texts)))}
+    rows = [first_row[text] for text in unique]
+    typical: dict[str, float] = {}
+    for start in range(0, len(rows), 2048):
+        chunk = rows[start:start + 2048]
+        similarity = (vectors[chunk] @ vectors[sample].T).toarray()
+        similarity[np.asarray(chunk)[:, None] == sample[None, :]] = -1.0  # a text is not its own neighbour
+        k = min(neighbours, similarity.shape[1] - 1)
+        nearest = -np.sort(-similarity, axis=1)[:, :k]
+        typical.update((texts[row], float(value)) for row, value in zip(chunk, nearest.clip(min=0).mean(axis=1), strict=True))
+    return typical
 
 
 def value_spans(text: str, arguments: dict[str, Any]) -> list[Span]:

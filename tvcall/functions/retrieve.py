@@ -94,6 +94,11 @@ class SparseBM25:
         return np.asarray(self.weights[terms].T @ np.array(list(counts.values()), dtype=float)).ravel()
 
 
+def char_ngrams() -> TfidfVectorizer:
+    """TF-IDF over character n-grams within words: it reads Chinese without a segmenter and English typos alike."""
+    return TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, lowercase=True)
+
+
 class FunctionClassifier:
     """Which function a command calls, or none (`NO_FUNCTION`), learned from training utterances: TF-IDF over
     character n-grams within words and a logistic-regression head. Unlike BM25 over the registry's words, it
@@ -113,7 +118,7 @@ class FunctionClassifier:
 
     @classmethod
     def fit(cls, texts: Sequence[str], labels: Sequence[str], seed: int = 0) -> FunctionClassifier:
-        vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, lowercase=True)
+        vectorizer = char_ngrams()
         features = vectorizer.fit_transform(texts)
         model = SGDClassifier(loss="log_loss", alpha=1e-5, max_iter=8, tol=None, random_state=seed, n_jobs=2)
         return cls.from_sklearn(vectorizer, model.fit(features, list(labels)))

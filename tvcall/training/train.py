@@ -282,13 +282,16 @@ def checked_against(registry: Registry, records: list[Record], path: Path) -> li
     return records
 
 
+ADAPTER_METHODS = ("lora", "qlora")  # the methods that train a LoRA adapter rather than the whole model
+
+
 def warm_start(config: RunConfig) -> RunConfig:
     """With `init_adapter`, the run's LoRA settings become that run's, whose adapter training starts from; it must
     have one, on the same base model."""
     if not config.init_adapter:
         return config
     init = RunDir(config.init_adapter)
-    if config.method not in ("lora", "qlora") or not init.has_adapter:
+    if config.method not in ADAPTER_METHODS or not init.has_adapter:
         raise InputError(init.path, None, "init_adapter", f"needs a LoRA adapter to start from (in {init.adapter_dir}) "
                          f"and a lora or qlora run (this one is {config.method})")
     started_from = init.config()
@@ -323,9 +326,11 @@ def train(config: RunConfig) -> Path:
     checkpoints = ExampleCheckpoints(run, config.checkpoint_examples or [])
     args = training_args(config, run)
     model = build_model(config)  # after SFTConfig: under DeepSpeed ZeRO-3 the weights load already partitioned
-    peft_config = lora_config(config, model) if config.method in ("lora", "qlora") else None
+    peft_config = None  # full training, or an adapter already on the model
     if config.init_adapter:
-        model, peft_config = PeftModel.from_pretrained(model, RunDir(config.init_adapter).adapter_dir, is_trainable=True), None
+        model = PeftModel.from_pretrained(model, RunDir(config.init_adapter).adapter_dir, is_trainable=True)
+    elif config.method in ADAPTER_METHODS:
+        peft_config = lora_config(config, model)
     # on a GPU trl's fused head already skips the prompt positions (and DeepSpeed/parallel set-ups keep its path)
     trainer_class = BudgetScheduled if torch.cuda.is_available() else AnswerLossTrainer
     trainer = trainer_class(
