@@ -142,3 +142,17 @@ def test_compare_adds_the_traffic_b_also_trained_on(tmp_path: Path, data: Path, 
     out = capsys.readouterr().out
     assert out.count("| exact_match |") == 2 and f"on the test split of {traffic}" in out
     assert "| exact_match | 1.0000 | 1.0000 | +0.0000 |" in out and "| exact_match | 1.0000 | 0.5000 | -0.5000 |" in out
+
+
+def test_two_eval_folders_of_one_run_compare_like_two_runs(tmp_path: Path, data: Path, capsys) -> None:
+    run = _run(tmp_path, "a", [_right(r) if i % 2 else _wrong(r) for i, r in enumerate(RECORDS)])
+    ablated = run / "eval-test-catalogue-none"
+    ablated.mkdir()
+    (ablated / "predictions.jsonl").write_text((run / "eval-test" / "predictions.jsonl").read_text())
+    (run / "eval-test" / "predictions.jsonl").write_text("".join(
+        json.dumps({"id": r.id, "text": r.text, "gold": _right(r), "pred": _right(r), "raw": "", "confidence": 0.5,
+                    "latency_ms": None}) + "\n" for r in RECORDS))
+    comparison = compare_runs(ablated, run / "eval-test", samples=200, data=data)
+    assert next(m for m in comparison.metrics if m.name == "exact_match").delta == pytest.approx(0.5)
+    assert main(["eval", "compare", str(ablated), str(run / "eval-test"), "--samples", "100", "--data", str(data)]) == 0
+    assert "| exact_match |" in capsys.readouterr().out

@@ -75,6 +75,19 @@ def test_risky_calls_wait_for_confirmation(demo):
     assert demo.state.tv.state.factory_resets == 1
 
 
+def test_a_call_under_the_act_threshold_asks_instead_of_running(demo):
+    unsure = RouteResult("sound.volume.set", {"value": 35}, 0.3, 1.0, raw="", candidates=["sound.volume.increase"])
+    outcome = demo._describe("volume thirty five maybe", unsure, "en", None)
+    demo.state.act_threshold = 0.5
+    try:
+        asyncio.run(demo._act(outcome, unsure, "en"))
+    finally:
+        demo.state.act_threshold = 0.0
+    assert outcome.status.startswith("Not sure enough to run `sound.volume.set`")
+    assert "Did you mean `sound.volume.set`, `sound.volume.increase`?" in outcome.status
+    assert demo.executed == 0 and not demo.state.tv.state.history
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

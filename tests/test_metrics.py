@@ -61,3 +61,29 @@ def test_out_of_scope_precision_and_recall_are_undefined_not_zero_without_out_of
     assert m["oos_precision"] is None and m["oos_recall"] is None
     m = score(records, [_pred(None, {})], registry)
     assert m["oos_precision"] == 0.0 and m["oos_recall"] is None
+
+
+def test_slot_errors_are_sorted_into_boundary_type_missed_and_extra():
+    from tvcall.eval.metrics import slot_errors
+
+    gold = ["B-title", "I-title", "I-title", "O", "B-singer", "I-singer", "O", "B-year", "O", "O"]
+    pred = ["O", "B-title", "I-title", "O", "B-song", "I-song", "O", "O", "O", "B-app"]
+    assert slot_errors(gold, pred) == {"correct": 0, "boundary": 1, "type": 1, "boundary_and_type": 0, "missed": 1, "extra": 1}
+    assert slot_errors(gold, gold)["correct"] == 3 and sum(slot_errors(gold, gold).values()) == 3
+    shifted = ["O", "B-song", "I-song", "I-song", "O", "O", "O", "O", "O", "O"]
+    assert slot_errors(gold[:4] + ["O"] * 6, shifted)["boundary_and_type"] == 1
+
+
+def test_the_report_shows_slots_by_type_and_errors_by_kind(registry):
+    from tvcall.eval.metrics import slot_breakdown
+    from tvcall.eval.runner import report_markdown
+
+    text = "who directed Inception"
+    records = [_rec(text, "media.movie.query_director", {"title": "Inception"}, [("title", 13, 22)]),
+               _rec("把亮度调到二十", "picture.brightness.set", {"value": 20}, [("value", 5, 7)])]
+    preds = [_pred("media.movie.query_director", {"title": "Incep"}), _pred("picture.brightness.set", {"value": 20})]
+    breakdown = slot_breakdown(records, preds, registry)
+    assert breakdown["slot_errors"]["boundary"] == 1 and breakdown["slot_errors"]["correct"] == 1
+    assert breakdown["slot_f1_by_type"]["value"]["f1"] == 1.0 and breakdown["slot_f1_by_type"]["title"]["f1"] == 0.0
+    report = report_markdown(breakdown, {}, {})
+    assert "## Slot errors" in report and "| boundary | 1 | 1.000 |" in report and "| title | 1 | 0.000 | 0.000 | 0.000 |" in report

@@ -75,16 +75,17 @@ def test_retriever_prior_ranks_the_objects_as_the_fused_retrieval_does(registry)
 
 class _FakeEngine:
     """route_batch answers from a table keyed by the prior weight, or by (weight, object sharpness) where the
-    sharpness matters (the calibration logic alone)."""
+    sharpness matters, or by (weight, sharpness, link weight) where linking does (the calibration logic alone)."""
 
     def __init__(self, answers: dict) -> None:
         self.answers = answers
         self.name_settings = NameSettings()
-        self.retriever = SimpleNamespace(classifier=object())
+        self.retriever = SimpleNamespace(classifier=object(), linker=lambda text: frozenset())
 
     def route_batch(self, texts, name_only=False):
-        settings = self.name_settings
-        names = self.answers.get((settings.prior_weight, settings.object_sharpness), self.answers[settings.prior_weight])
+        s = self.name_settings
+        names = self.answers.get((s.prior_weight, s.object_sharpness, s.link_weight),
+                                 self.answers.get((s.prior_weight, s.object_sharpness), self.answers[s.prior_weight]))
         return [SimpleNamespace(name=n, null_margin=-5.0) for n in names]
 
 
@@ -132,3 +133,30 @@ def test_a_sharper_object_ranking_moves_prior_mass_to_the_first_object(registry)
         mass[sharpness] = sum(math.exp(found.prior[n]) for n in retriever.functions[found.objects[0]])
         assert sum(math.exp(v) for v in found.prior.values()) == pytest.approx(1.0)
     assert mass[3.0] > mass[1.0]
+
+
+def test_entity_linking_is_weighed_in_only_when_that_wins_enough_dev_utterances():
+    golds = ["a.b.c", "a.b.d", "a.b.e", "a.b.f"]
+    answers = {0.0: ["x"] * 4, 1.0: ["a.b.c", "a.b.d", "x", "x"], (1.0, 1.0, 1.0): ["a.b.c", "a.b.d", "a.b.e", "x"],
+               (1.0, 1.0, 2.0): golds}
+    engine = _FakeEngine(answers)
+    found = calibrate(engine, _records(golds), weights=(0.0, 1.0), sharpness=(1.0,), link_weights=(0.0, 1.0))
+    assert found.link_weight == 0.0 and found.dev_function_accuracy_by_link_weight == {"0.0": 0.5, "1.0": 0.75}
+    found = calibrate(engine, _records(golds), weights=(0.0, 1.0), sharpness=(1.0,), link_weights=(0.0, 1.0, 2.0))
+    assert (found.link_weight, found.dev_function_accuracy) == (2.0, 1.0) and engine.name_settings.link_weight == 2.0
+
+
+def test_every_trial_decodes_without_the_bias_chosen_before_it():
+    golds = [None, None, "a.b.c", "a.b.d"]
+
+    class Recording(_FakeEngine):
+        seen: list = []
+
+        def route_batch(self, texts, name_only=False):
+            self.seen.append(self.name_settings.null_bias)
+            return [SimpleNamespace(name="a.b.c", null_margin=m) for m in (-1.0, -2.0, -9.0, -9.0)]
+
+    engine = Recording({})
+    found = calibrate(engine, _records(golds), weights=(0.0, 1.0), sharpness=(1.0, 2.0), link_weights=(0.0, 1.0))
+    assert found.null_bias > 2.0 and engine.name_settings.null_bias == found.null_bias  # abstains on both nones
+    assert engine.seen and set(engine.seen) == {0.0}

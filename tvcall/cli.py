@@ -153,7 +153,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run = RunDir(args.run)
     if args.backend == "local" and args.split != "dev" and not args.no_calibrate:  # on the run's own dev split, if at hand
         meta |= _calibrated(engine, run.path, run.data_dir_at_hand() or Path(args.data))
-    out = run.eval_dir(args.split, run.data_qualifier(args.data), args.registry, None if args.backend == "local" else args.backend)
+    if args.catalogue != "full" and (args.backend != "local" or engine.retriever is None):
+        raise SystemExit(f"--catalogue {args.catalogue} needs --backend local with retrieval: entity linking is part of its retriever")
+    if args.backend == "local" and engine.retriever is not None:
+        meta |= _linking(engine, records, args.catalogue)
+    catalogue = None if args.catalogue == "full" else f"catalogue-{args.catalogue}"
+    out = run.eval_dir(args.split, run.data_qualifier(args.data), args.registry, catalogue,
+                       None if args.backend == "local" else args.backend)
     if args.registry:
         meta |= {"registry": args.registry}
     if args.backend != "local":
@@ -164,7 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.curve:
         from tvcall.eval.curve import learning_curve
 
-        curve = learning_curve(Path(args.run), records, path.parent, meta, engine.name_settings)
+        curve = learning_curve(Path(args.run), records, path.parent, meta, engine)
         print(f"learning curve: {curve.read_text()}")
     if args.general:
         from tvcall.eval.general import general_check
@@ -186,12 +192,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_eval_compare(args: argparse.Namespace) -> None:
     from tvcall.data.splits import read_split
-    from tvcall.eval.compare import compare_runs, format_table
+    from tvcall.eval.compare import compare_runs, format_table, is_eval_dir
 
     data = Path(args.data) if args.data else None
     print(format_table(compare_runs(Path(args.run_a), Path(args.run_b), args.split, args.samples, args.seed, data)), end="")
     run_a, run_b = RunDir(args.run_a), RunDir(args.run_b)
-    for extra in map(Path, [] if data else run_b.config().extra_data_dirs or []):  # B also trained on these (traffic)
+    extras = [] if data or is_eval_dir(run_b.path) else run_b.config().extra_data_dirs or []
+    for extra in map(Path, extras):  # B also trained on these (exported traffic)
         if not read_split(extra, args.split):
             continue
         if run_a.predictions_file(args.split, extra).exists() and run_b.predictions_file(args.split, extra).exists():
@@ -206,8 +213,8 @@ def build_compare_parser() -> argparse.ArgumentParser:
     """`tvcall eval compare RUN_A RUN_B`: its own parser, chosen in `main`, so `tvcall eval --run R` keeps its options."""
     p = argparse.ArgumentParser(prog="tvcall eval compare", description="Two runs' predictions on one split side by side: "
                                 "deltas (B - A) with a paired bootstrap's 95% CI and p-value; * marks p < 0.05.")
-    p.add_argument("run_a", help="run folder A (the baseline)")
-    p.add_argument("run_b", help="run folder B")
+    p.add_argument("run_a", help="run folder A (the baseline), or one of its eval folders (RUN/eval-…)")
+    p.add_argument("run_b", help="run folder B, or an eval folder (e.g. the same run with --catalogue none)")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="compares RUN/eval-SPLIT/predictions.jsonl")
     p.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
@@ -224,15 +231,22 @@ def _run_data_dir(run_dir: Path) -> str:
 
 
 def _calibrated(engine: Any, run_dir: Path, data_dir: Path) -> dict[str, Any]:
-    """The run's name-stage settings (`NameSettings`), chosen on the dev split once and kept in the run folder."""
-    from tvcall.data.splits import read_split
-    from tvcall.eval.calibrate import calibrate, save
-    if not RunDir(run_dir).calibration_file.exists():
-        dev = read_split(data_dir, "dev")
-        print(f"calibrating the name prior and abstention on {len(dev)} dev utterances", file=sys.stderr)
-        found = calibrate(engine, dev)
-        print(f"{save(found, run_dir)}: {found}", file=sys.stderr)
-    return dataclasses.asdict(engine.name_settings)
+    """The run's name-stage settings and act threshold, chosen on the dev split once and kept in the run folder."""
+    from tvcall.eval.calibrate import ensure_calibrated
+
+    ensure_calibrated(engine, run_dir, data_dir)
+    return dataclasses.asdict(engine.name_settings) | {"act_threshold": engine.act_threshold}
+
+
+def _linking(engine: Any, records: list[Any], catalogue: str) -> dict[str, Any]:
+    """Entity linking as `--catalogue` asks (the full lexicons, only the training split's values, or none), and the
+    share of the split's lexicon-typed values the catalogue knows."""
+    from tvcall.data.mentions import LexiconLinker, catalogue_coverage
+
+    linker = None if catalogue == "none" else LexiconLinker(engine.registry, catalogue)
+    engine.retriever.linker = linker.linked_objects if linker else None
+    return {"catalogue": catalogue, "catalogue_coverage": catalogue_coverage(records, engine.registry, linker),
+            "link_weight_used": engine.retriever.link_weight if linker else 0.0}
 
 
 def _commands(texts: list[str]) -> Iterator[str]:
@@ -269,7 +283,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         traffic = None if args.no_traffic else args.traffic or (run.traffic_file if run else None)
         router = RouterConfig(token=token_from_env(), timeout_s=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue,
                               webhooks=parse_webhooks(args.webhook or [], registry), traffic=str(traffic) if traffic else None,
-                              run=str(run.path) if run else args.model,
+                              run=str(run.path) if run else args.model, act_threshold=args.act_threshold,
                               data_version=run.summary().data_version if run and run.exists else None)
         serve(ServeOptions(host=args.host, port=args.port, run=args.run, model=args.model, threads=args.threads, router=router))
     except ValueError as exc:
@@ -427,7 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT, or RUN/eval-SPLIT-REGISTRY)")
     p.add_argument("--threads", type=int, help="torch threads")
-    p.add_argument("--no-calibrate", action="store_true", help="skip choosing the name prior and abstention bias on dev (when the run has none)")
+    p.add_argument("--no-calibrate", action="store_true", help="skip choosing the name-stage settings and the act threshold on dev (when the run has none)")
+    p.add_argument("--catalogue", choices=["full", "train", "none"], default="full",
+                   help="entity linking against the registry's lexicons: all their values (the TV knows its catalogue), "
+                   "only those the training split may use (titles the catalogue lacks), or none (writes eval-SPLIT-catalogue-X)")
     p.add_argument("--latency-sample", type=int, metavar="N",
                    help="calls are routed in batches; N utterances (default 150) are also routed one at a time for latency")
     p.add_argument("--one-at-a-time", action="store_true", help="route every utterance alone, timing each (slower)")
@@ -459,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="texts per engine batch (1: one at a time)")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
     p.add_argument("--webhook", action="append", metavar="DOMAIN=URL", help="execute this domain's calls by POSTing them to URL")
+    p.add_argument("--act-threshold", type=float, metavar="P", help="the confidence a call needs to be executed "
+                   "(default: the run's, chosen on dev by tvcall eval; 0: every call acts)")
     logged = p.add_mutually_exclusive_group()
     logged.add_argument("--traffic", metavar="PATH", help="SQLite traffic log of every answered request and its feedback "
                         "(default: RUN/traffic.sqlite; with --model, none unless given)")

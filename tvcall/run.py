@@ -4,7 +4,7 @@ the defaults of both live here and nowhere else.
 RUN/config.yaml   the run's `RunConfig` and the `TrainSummary` training measured, one flat mapping
 RUN/adapter/      the LoRA adapter (a full fine-tune or an export holds the whole model in RUN itself)
 RUN/calibration.json, RUN/classifier.joblib, RUN/checkpoints/examples-NNNNNN/ (each a run folder of its own),
-RUN/train_log.jsonl, RUN/tensorboard/, RUN/trainer/, RUN/eval-SPLIT[-REGISTRY][-BACKEND]/
+RUN/train_log.jsonl, RUN/tensorboard/, RUN/trainer/, RUN/eval-SPLIT[-on-DATA][-REGISTRY][-catalogue-X][-BACKEND]/
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     def eval_dir(self, split: str, *qualifiers: str | None) -> Path:
-        """RUN/eval-SPLIT, with each given qualifier (a registry, a backend) appended: eval-test-full-remote."""
+        """RUN/eval-SPLIT, with each given qualifier (another data folder, a registry, a catalogue, a backend) appended:
+        eval-test-full-remote."""
         return self.path / "-".join(["eval", split, *(q for q in qualifiers if q)])
 
     def data_qualifier(self, data_dir: Path | str | None) -> str | None:

@@ -15,13 +15,10 @@ from functools import cache
 from typing import Any
 
 from tvcall.data.numbers import surface_forms
+from tvcall.data.words import is_ascii_word_char
 from tvcall.functions.spec import LANGS, FunctionSpec
 
 MAX_INTEGER_RANGE = 20000  # larger ranges are not enumerated; their values stay unconstrained
-
-
-def _word_char(c: str) -> bool:
-    return c.isascii() and c.isalnum()
 
 
 @cache
@@ -84,10 +81,10 @@ def grounded_matches(schema: dict[str, Any], text: str) -> list[Match]:
     lowered = text.lower()
     matches: list[Match] = []
     for start in range(len(lowered)):
-        if start and _word_char(lowered[start - 1]) and _word_char(lowered[start]):
+        if start and is_ascii_word_char(lowered[start - 1]) and is_ascii_word_char(lowered[start]):
             continue
         for end in range(start + 1, min(len(lowered), start + longest) + 1):
-            if end < len(lowered) and _word_char(lowered[end - 1]) and _word_char(lowered[end]):
+            if end < len(lowered) and is_ascii_word_char(lowered[end - 1]) and is_ascii_word_char(lowered[end]):
                 continue
             values = table.get(lowered[start:end])
             if values:

@@ -40,9 +40,9 @@ def load_lexicon(name: str, lexicon_dir: Path = LEXICON_DIR) -> dict[str, tuple[
     return values
 
 
-def lexicon_values(name: str, lang: str, split: str) -> list[str]:
+def lexicon_values(name: str, lang: str, split: str, lexicon_dir: Path = LEXICON_DIR) -> list[str]:
     """Values of a lexicon for one split: held-out values (dev, test) never occur in train."""
-    values = load_lexicon(name)[lang]
+    values = load_lexicon(name, lexicon_dir)[lang]
     held_out = [v for v in values if is_test_value(name, v)]
     kept = [v for v in values if not is_test_value(name, v)]
     if not held_out or not kept:  # tiny lexicons: still keep both sides non-empty

@@ -6,18 +6,24 @@ name token (`null_margin`). With a bias b added to the "no function" logit, an u
 margin + b > 0, and otherwise decodes as it did unbiased; so one unbiased pass over dev scores every b. The prior
 weight changes the decode itself: one pass per weight in `PRIOR_WEIGHTS`, of the names alone (a whole decode
 chooses the same name; the arguments were most of the time). With a prior weighed in, the prior's object ranking may
-then be sharpened (`OBJECT_SHARPNESS`): one pass more per value, at the chosen weight.
+then be sharpened (`OBJECT_SHARPNESS`): one pass more per value, at the chosen weight; and the objects an utterance's
+lexicon mentions link to (`tvcall.data.mentions`) raised in it (`LINK_WEIGHTS`): one pass more per weight. Last, with those settings,
+one whole decode of dev chooses the confidence above which the router acts (`tvcall.eval.acting`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tvcall.app.engine.hf_engine import NameSettings, TransformersEngine
 from tvcall.data.record import Record, write_atomic
+from tvcall.data.splits import read_split
+from tvcall.eval.acting import Acting, acting_at, calls_and_hits, choose_act_threshold
+from tvcall.eval.runner import predict
 from tvcall.run import RunDir
 
 
@@ -31,6 +37,8 @@ class Calibration:
     dev_function_accuracy_by_weight: dict[str, float] = field(default_factory=dict)  # each weight with its own bias
     object_sharpness: float = 1.0
     dev_function_accuracy_by_sharpness: dict[str, float] = field(default_factory=dict)  # at the chosen weight
+    link_weight: float = 0.0
+    dev_function_accuracy_by_link_weight: dict[str, float] = field(default_factory=dict)  # at the chosen sharpness
 
 
 def accuracy_at(bias: float, margins: list[float], names: list[str | None], golds: list[str | None]) -> float:
@@ -45,6 +53,7 @@ PRIOR_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0)  # tried in this order; a later one is
 # routed 162 / 164 / 163 of 200 dev and 516 / 522 / 521 of 600 test utterances; a sharper within-object share (the
 # classifier's, squared) lost 3 dev and 15 test.
 OBJECT_SHARPNESS = (1.0, 2.0, 3.0)
+LINK_WEIGHTS = (0.0, 1.0, 2.0, 4.0)  # added to a linked object's fused score (z-scores: 2 is two standard deviations)
 
 
 def choose_null_bias(margins: list[float], names: list[str | None], golds: list[str | None],
@@ -66,33 +75,39 @@ class _Tried:
 
 
 def calibrate(engine: TransformersEngine, records: list[Record], weights: tuple[float, ...] = PRIOR_WEIGHTS,
-              sharpness: tuple[float, ...] = OBJECT_SHARPNESS) -> Calibration:
-    """The prior weight, object sharpness and null bias that route most dev utterances right (a later candidate is
-    taken only when it wins `MIN_GAIN` more); leaves them set on `engine`."""
+              sharpness: tuple[float, ...] = OBJECT_SHARPNESS, link_weights: tuple[float, ...] = LINK_WEIGHTS) -> Calibration:
+    """The prior weight, object sharpness, link weight and null bias that route most dev utterances right (a later
+    candidate is taken only when it wins `MIN_GAIN` more); leaves them set on `engine`."""
     texts, golds = [r.text for r in records], [r.function for r in records]
     has_prior = engine.retriever is not None and engine.retriever.classifier is not None
 
-    def trial(weight: float, object_sharpness: float) -> _Tried:
-        engine.name_settings = NameSettings(0.0, weight, object_sharpness)
+    def trial(settings: NameSettings) -> _Tried:
+        engine.name_settings = replace(settings, null_bias=0.0)  # the bias is chosen on the unbiased margins
         results = engine.route_batch(texts, name_only=True)  # only the names count here: batched, no arguments
         margins, names = [r.null_margin for r in results], [r.name for r in results]
         bias = choose_null_bias(margins, names, golds)
-        return _Tried(NameSettings(bias, weight, object_sharpness), accuracy_at(bias, margins, names, golds),
+        return _Tried(replace(settings, null_bias=bias), accuracy_at(bias, margins, names, golds),
                       accuracy_at(0.0, margins, names, golds))
 
     def better(candidate: _Tried, chosen: _Tried) -> bool:
         return (candidate.accuracy - chosen.accuracy) * len(records) >= MIN_GAIN - 1e-9
 
-    by_weight = [trial(weight, 1.0) for weight in (weights if has_prior else (0.0,))]
-    chosen = by_weight[0]
-    for candidate in by_weight[1:]:
-        chosen = candidate if better(candidate, chosen) else chosen
+    def best_of(tried: list[_Tried]) -> _Tried:
+        chosen = tried[0]
+        for candidate in tried[1:]:
+            chosen = candidate if better(candidate, chosen) else chosen
+        return chosen
+
+    by_weight = [trial(NameSettings(0.0, weight)) for weight in (weights if has_prior else (0.0,))]
+    chosen = best_of(by_weight)
     by_sharpness = [chosen]
     if chosen.settings.prior_weight > 0:
-        for value in sharpness:
-            if value != 1.0:
-                by_sharpness.append(trial(chosen.settings.prior_weight, value))
-                chosen = by_sharpness[-1] if better(by_sharpness[-1], chosen) else chosen
+        by_sharpness += [trial(replace(chosen.settings, object_sharpness=v)) for v in sharpness if v != 1.0]
+        chosen = best_of(by_sharpness)
+    by_link = [chosen]
+    if engine.retriever is not None and engine.retriever.linker is not None:
+        by_link += [trial(replace(chosen.settings, link_weight=v)) for v in link_weights if v != 0.0]
+        chosen = best_of(by_link)
     engine.name_settings = chosen.settings
     return Calibration(null_bias=chosen.settings.null_bias, prior_weight=chosen.settings.prior_weight,
                        dev_examples=len(records), dev_function_accuracy_unbiased=by_weight[0].accuracy_unbiased,
@@ -100,10 +115,33 @@ def calibrate(engine: TransformersEngine, records: list[Record], weights: tuple[
                        dev_function_accuracy_by_weight={str(t.settings.prior_weight): t.accuracy for t in by_weight},
                        object_sharpness=chosen.settings.object_sharpness,
                        dev_function_accuracy_by_sharpness={str(t.settings.object_sharpness): t.accuracy
-                                                           for t in by_sharpness} if len(by_sharpness) > 1 else {})
+                                                           for t in by_sharpness} if len(by_sharpness) > 1 else {},
+                       link_weight=chosen.settings.link_weight,
+                       dev_function_accuracy_by_link_weight={str(t.settings.link_weight): t.accuracy
+                                                             for t in by_link} if len(by_link) > 1 else {})
 
 
-def save(calibration: Calibration, run_dir: Path) -> Path:
+def calibrate_acting(engine: TransformersEngine, records: list[Record]) -> Acting:
+    """The act threshold on dev, from one whole decode with the engine's name settings; leaves it set on `engine`."""
+    preds, _ = predict(engine, records, warmup=0, latency_sample=0)
+    confidences, hits = calls_and_hits(records, preds)
+    engine.act_threshold = choose_act_threshold(confidences, hits)
+    return acting_at(engine.act_threshold, confidences, hits)
+
+
+def ensure_calibrated(engine: TransformersEngine, run_dir: Path, data_dir: Path) -> bool:
+    """Calibrate a run on the dev split of `data_dir` once, keeping it in the run folder; a run calibrated before the
+    act threshold existed gets only that. False when the run was calibrated already."""
     path = RunDir(run_dir).calibration_file
-    write_atomic(path, json.dumps(asdict(calibration), indent=1) + "\n")
-    return path
+    kept = json.loads(path.read_text()) if path.exists() else None
+    if kept is not None and "act_threshold" in kept:
+        return False
+    dev = read_split(data_dir, "dev")
+    print(f"calibrating {'the act threshold' if kept else 'the name stage and the act threshold'} on {len(dev)} dev "
+          f"utterances of {data_dir}", file=sys.stderr)
+    chosen = kept if kept is not None else asdict(calibrate(engine, dev))  # an older file keeps its name settings
+    acting = calibrate_acting(engine, dev)
+    chosen |= {"act_threshold": acting.threshold, "dev_act_precision": acting.precision, "dev_act_coverage": acting.coverage}
+    write_atomic(path, json.dumps(chosen, indent=1) + "\n")
+    print(f"{path}: {chosen}", file=sys.stderr)
+    return True

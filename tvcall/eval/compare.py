@@ -65,8 +65,14 @@ class Outcomes:
     latency_ms: list[float]
 
 
+def is_eval_dir(path: Path) -> bool:
+    """An eval folder (RUN/eval-…, holding predictions.jsonl) rather than a run folder."""
+    return (Path(path) / "predictions.jsonl").exists()
+
+
 def predictions_path(run: Path, split: str, data: Path | None = None) -> Path:
-    return RunDir(run).predictions_file(split, data)
+    """A run's predictions on `split` (of `data`), or an eval folder's own."""
+    return Path(run) / "predictions.jsonl" if is_eval_dir(run) else RunDir(run).predictions_file(split, data)
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
@@ -97,8 +103,8 @@ def check_same_utterances(path_a: Path, rows_a: list[dict[str, Any]], path_b: Pa
 
 
 def run_data_dir(run: Path) -> Path | None:
-    """The data folder the run was trained on, from its config.yaml."""
-    return RunDir(run).data_dir()
+    """The data folder the run was trained on, from its config.yaml (an eval folder's: its run's)."""
+    return RunDir(Path(run).parent if is_eval_dir(run) else run).data_dir()
 
 
 def _lang(text: str) -> str:

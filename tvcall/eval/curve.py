@@ -14,7 +14,7 @@ from tvcall.eval.runner import evaluate
 from tvcall.run import RunDir
 
 if TYPE_CHECKING:
-    from tvcall.app.engine.hf_engine import NameSettings
+    from tvcall.app.engine.hf_engine import TransformersEngine
 
 CURVE_FILE = "learning_curve.json"
 
@@ -39,15 +39,18 @@ def curve_point(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def learning_curve(run_dir: Path, records: list[Record], eval_dir: Path, meta: dict[str, Any],
-                   settings: NameSettings) -> Path:
-    """Evaluates every checkpoint of `run_dir` (no latency sample), adds the run's own point from `eval_dir`, and
-    writes `eval_dir/learning_curve.json` and the HTML report with the curve drawn."""
+                   like: TransformersEngine) -> Path:
+    """Evaluates every checkpoint of `run_dir` (no latency sample) routing as `like`, the run's engine, does (its
+    name settings, entity linking and act threshold), adds the run's own point from `eval_dir`, and writes
+    `eval_dir/learning_curve.json` and the HTML report with the curve drawn."""
     from tvcall.app.engine.hf_engine import TransformersEngine, release_freed_memory
 
     points = []
     for checkpoint in checkpoint_runs(run_dir):
         engine = TransformersEngine.from_run(checkpoint)
-        engine.name_settings = settings
+        engine.name_settings, engine.act_threshold = like.name_settings, like.act_threshold
+        if engine.retriever is not None and like.retriever is not None:
+            engine.retriever.linker = like.retriever.linker
         path = evaluate(engine, records, checkpoint / eval_dir.name, {**meta, "run": str(checkpoint)}, latency_sample=0)
         points.append(curve_point(checkpoint, json.loads(path.read_text())))
         del engine

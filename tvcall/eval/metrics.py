@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from seqeval.metrics import f1_score, precision_score, recall_score
+from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+from seqeval.metrics.sequence_labeling import get_entities
 
 from tvcall.data.grounding import value_surfaces
 from tvcall.data.record import Record
@@ -122,3 +123,49 @@ def per_domain(records: list[Record], preds: list[Prediction], registry: Registr
         domain: score([records[i] for i in idx], [preds[i] for i in idx], registry)
         for domain, idx in sorted(groups.items())
     }
+
+
+SLOT_ERROR_KINDS = ("correct", "boundary", "type", "boundary_and_type", "missed", "extra")
+
+
+def _overlap(a: tuple[str, int, int], b: tuple[str, int, int]) -> bool:
+    return a[1] <= b[2] and b[1] <= a[2]  # seqeval's entity ends are inclusive
+
+
+def slot_errors(gold: list[str], predicted: list[str]) -> dict[str, int]:
+    """One utterance's entities sorted into kinds: each gold and each predicted entity counts once. `boundary`: the
+    right slot over an overlapping but different span; `type`: the same span under another slot; both: overlapping,
+    neither the span nor the slot right; `missed`/`extra`: no overlapping entity on the other side."""
+    counts = dict.fromkeys(SLOT_ERROR_KINDS, 0)
+    gold_left, pred_left = list(get_entities(gold)), list(get_entities(predicted))
+    for entity in list(gold_left):
+        if entity in pred_left:
+            gold_left.remove(entity)
+            pred_left.remove(entity)
+            counts["correct"] += 1
+    for entity in list(gold_left):
+        match = next((p for p in pred_left if _overlap(entity, p)), None)
+        if match is None:
+            continue
+        same_span, same_type = match[1:] == entity[1:], match[0] == entity[0]
+        counts["type" if same_span else "boundary" if same_type else "boundary_and_type"] += 1
+        gold_left.remove(entity)
+        pred_left.remove(match)
+    counts["missed"] += len(gold_left)
+    counts["extra"] += len(pred_left)
+    return counts
+
+
+def slot_breakdown(records: list[Record], preds: list[Prediction], registry: Registry) -> dict[str, Any]:
+    """Slot P/R/F1 by slot type, and every slot error sorted by kind (`slot_errors`), over a split."""
+    tags = [bio_tags(r, p, registry) for r, p in zip(records, preds, strict=True)]
+    errors = dict.fromkeys(SLOT_ERROR_KINDS, 0)
+    for gold, predicted in tags:
+        for kind, count in slot_errors(gold, predicted).items():
+            errors[kind] += count
+    golds, predicted = [g for g, _ in tags], [p for _, p in tags]
+    has_entities = any(t != "O" for seq in [*golds, *predicted] for t in seq)
+    report = classification_report(golds, predicted, output_dict=True, zero_division=0) if has_entities else {}
+    by_type = {slot: {"precision": v["precision"], "recall": v["recall"], "f1": v["f1-score"], "support": int(v["support"])}
+               for slot, v in sorted(report.items(), key=lambda item: -item[1]["support"]) if not slot.endswith(" avg")}
+    return {"slot_errors": errors, "slot_f1_by_type": by_type}

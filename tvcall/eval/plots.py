@@ -23,6 +23,7 @@ from matplotlib.figure import Figure  # no pyplot: the Agg canvas without switch
 from tvcall.data.record import write_atomic
 
 TOP_N = 15  # functions per F1 panel
+SLOT_TYPES_SHOWN = 25
 CONFUSED_PAIRS = 12
 NONE_LABEL = "(no function)"
 CJK_FAMILIES = ("WenQuanYi Zen Hei", "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "SimHei", "Microsoft YaHei")
@@ -149,6 +150,22 @@ def latency_figure(latencies: list[float]) -> Figure:
     return fig
 
 
+def reliability_figure(bins: list[dict[str, Any]], threshold: float | None) -> Figure:
+    """Confidence against the exact rate of the calls in each bin (the diagonal: perfectly calibrated)."""
+    shown = [b for b in bins if b["count"]]
+    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    ax, counts = fig.subplots(1, 2, width_ratios=(3, 2))
+    ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1)
+    ax.plot([b["mean_confidence"] for b in shown], [b["exact_rate"] for b in shown], marker="o", color="#4878a8")
+    if threshold is not None and 0 < threshold <= 1:
+        ax.axvline(threshold, color="#c44e52", linewidth=1, label=f"act threshold {threshold:.3f}")
+        ax.legend(loc="upper left", fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="exact rate", title="reliability of the calls")
+    counts.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["count"] for b in bins], width=0.09, color="#4878a8")
+    counts.set(xlim=(0, 1), xlabel="confidence", ylabel="calls", title="calls per bin")
+    return fig
+
+
 def learning_curve_figure(points: list[dict[str, Any]]) -> Figure:
     points = sorted(points, key=lambda p: p["train_examples"])
     fig = Figure(figsize=(7, 3.5), layout="constrained")
@@ -180,7 +197,7 @@ def _value(value: Any) -> str:
 
 
 def _sections(rows: list[dict[str, Any]], metrics: dict[str, Any], learning_curve: list[dict[str, Any]] | None) -> list[str]:
-    scalars = [[k, _value(v)] for k, v in metrics.items() if k not in ("per_domain", "meta")]
+    scalars = [[k, _value(v)] for k, v in metrics.items() if k not in ("per_domain", "meta", "reliability", "slot_errors", "slot_f1_by_type")]
     parts = ["<h2>Metrics</h2>", _table(["metric", "value"], scalars),
              "<h2>Meta</h2>", _table(["key", "value"], [[k, str(v)] for k, v in metrics.get("meta", {}).items()])]
     domains = metrics.get("per_domain", {})
@@ -188,6 +205,12 @@ def _sections(rows: list[dict[str, Any]], metrics: dict[str, Any], learning_curv
         parts += ["<h2>Per domain</h2>", _table(["domain", "n", "function_accuracy", "slot_f1", "exact_match"],
                                                 [[d, str(m.get("n")), _value(m.get("function_accuracy")), _value(m.get("slot_f1")),
                                                   _value(m.get("exact_match"))] for d, m in domains.items()])]
+    if metrics.get("slot_errors"):
+        parts += ["<h2>Slot errors</h2>", _table(["kind", "count"], [[k, str(v)] for k, v in metrics["slot_errors"].items()])]
+    if metrics.get("slot_f1_by_type"):
+        parts += ["<h2>Slots by type</h2>", _table(["slot", "support", "precision", "recall", "F1"], [
+            [slot, str(m["support"]), _value(m["precision"]), _value(m["recall"]), _value(m["f1"])]
+            for slot, m in list(metrics["slot_f1_by_type"].items())[:SLOT_TYPES_SHOWN]])]
     parts.append("<h2>Per-function F1</h2>")
     scores = function_scores(rows)
     parts.append(_img(_png(f1_figure(scores)), "per-function F1") if scores else "<p>No utterances.</p>")
@@ -202,6 +225,9 @@ def _sections(rows: list[dict[str, Any]], metrics: dict[str, Any], learning_curv
     latencies = [float(r["latency_ms"]) for r in rows if r.get("latency_ms") is not None]
     parts.append(_img(_png(latency_figure(latencies)), "latency histogram") if latencies
                  else "<p>No utterance was timed on its own (all routed in batches): no latency histogram.</p>")
+    if any(b["count"] for b in metrics.get("reliability", [])):
+        parts += ["<h2>Confidence reliability</h2>",
+                  _img(_png(reliability_figure(metrics["reliability"], metrics.get("act_threshold"))), "reliability diagram")]
     if learning_curve:
         parts += ["<h2>Learning curve</h2>", _img(_png(learning_curve_figure(learning_curve)), "learning curve")]
     return parts

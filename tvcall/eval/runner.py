@@ -12,12 +12,14 @@ from tqdm import tqdm
 
 from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.data.record import Record, write_atomic
-from tvcall.eval.metrics import Prediction, per_domain, score
-from tvcall.eval.plots import write_html_report
+from tvcall.eval.acting import acting_summary
+from tvcall.eval.metrics import Prediction, per_domain, score, slot_breakdown
+from tvcall.eval.plots import SLOT_TYPES_SHOWN, write_html_report
 from tvcall.eval.published import published_section
 
 HEADLINE = ("function_accuracy", "slot_f1", "exact_match", "json_valid_rate", "schema_valid_rate",
-            "oos_precision", "oos_recall", "latency_ms_p50", "latency_ms_p95")
+            "oos_precision", "oos_recall", "act_threshold", "acted_precision", "acted_coverage", "confidence_ece",
+            "latency_ms_p50", "latency_ms_p95")
 
 
 LATENCY_SAMPLE = 150  # utterances routed one at a time, after warm-up, for the latency percentiles
@@ -59,20 +61,41 @@ def report_markdown(metrics: dict[str, Any], domains: dict[str, dict[str, Any]],
     lines = ["# tvcall evaluation", ""]
     lines += [f"- {k}: `{v}`" for k, v in meta.items()]
     lines += ["", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {_number(metrics[k], 1 if 'latency' in k else 4)} |" for k in HEADLINE]
+    lines += [f"| {k} | {_number(metrics.get(k), 1 if 'latency' in k else 4)} |" for k in HEADLINE]  # older evals lack some
     lines += ["", "## Per domain", "", "| domain | n | function acc | slot F1 | exact match | p50 ms |", "|---|---|---|---|---|---|"]
     for domain, m in domains.items():
         lines.append(f"| {domain} | {m['n']} | {m['function_accuracy']:.3f} | {m['slot_f1']:.3f} | {m['exact_match']:.3f} "
                      f"| {_number(m['latency_ms_p50'], 0)} |")
+    lines += _slot_sections(metrics)
     lines += published_section(meta.get("benchmark"), metrics)
     return "\n".join(lines) + "\n"
+
+
+
+def _slot_sections(metrics: dict[str, Any]) -> list[str]:
+    """Slot errors by kind, and F1 by slot type (the most frequent first)."""
+    lines: list[str] = []
+    errors = metrics.get("slot_errors")
+    if errors:
+        wrong = sum(v for k, v in errors.items() if k != "correct")
+        lines += ["", "## Slot errors", "", "| kind | count | share of errors |", "|---|---|---|"]
+        lines += [f"| {k} | {v} | {'–' if k == 'correct' or not wrong else f'{v / wrong:.3f}'} |" for k, v in errors.items()]
+    by_type = metrics.get("slot_f1_by_type")
+    if by_type:
+        lines += ["", "## Slots by type", "", "| slot | support | precision | recall | F1 |", "|---|---|---|---|---|"]
+        lines += [f"| {slot} | {m['support']} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} |"
+                  for slot, m in list(by_type.items())[:SLOT_TYPES_SHOWN]]
+        if len(by_type) > SLOT_TYPES_SHOWN:
+            lines.append(f"\n({len(by_type) - SLOT_TYPES_SHOWN} rarer slot types in metrics.json)")
+    return lines
 
 
 def evaluate(engine: Engine, records: list[Record], out_dir: Path, meta: dict[str, Any],
              latency_sample: int | None = LATENCY_SAMPLE) -> Path:
     started = time.monotonic()
     preds, routing = predict(engine, records, latency_sample=latency_sample)
-    metrics = score(records, preds, engine.registry)
+    metrics = (score(records, preds, engine.registry) | acting_summary(records, preds, engine.act_threshold)
+               | slot_breakdown(records, preds, engine.registry))
     domains = per_domain(records, preds, engine.registry)
     meta = {**meta, **routing, "eval_seconds": round(time.monotonic() - started, 1), "registry_functions": len(engine.registry)}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ PLACEHOLDER_RE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 class Registry:
     functions: dict[str, FunctionSpec]
     domains: dict[str, list[str]] = field(default_factory=dict)
+    lexicon_dir: Path = LEXICON_DIR  # where the lexicons its string parameters name live
 
     def __post_init__(self) -> None:
         if not self.domains:
@@ -119,7 +120,7 @@ def load_registry(catalog_dir: Path | tuple[Path, ...] = CATALOG_DIR, lexicon_di
             _check_templates(spec, path, line)
             functions[spec.name] = spec
             origin[spec.name] = (path, line)
-    return Registry(functions)
+    return Registry(functions, lexicon_dir=lexicon_dir)
 
 
 @cache

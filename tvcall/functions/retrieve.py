@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,6 +178,8 @@ class Retriever:
         self.labels = {(key, lang): _label(specs, lang) for key, specs in groups.items() for lang in LANGS}
         self.index = SparseBM25([tokens(" ".join(p for s in groups[key] for p in _describe(s))) for key in self.objects])
         self.object_sharpness = 1.0  # the object ranking's scores are multiplied by it in the prior (calibrated on dev)
+        self.linker: Callable[[str], frozenset[str]] | None = None  # the objects an utterance's mentions link to
+        self.link_weight = 0.0  # added to a linked object's score (calibrated on dev; 0: linking off)
         self.use_classifier(classifier)
 
     def use_classifier(self, classifier: FunctionClassifier | None) -> None:
@@ -193,14 +195,20 @@ class Retriever:
             self._label_objects = np.array([o for _, o in labelled], dtype=int)
 
     def _object_scores(self, text: str, learned: np.ndarray | None) -> np.ndarray:
-        """BM25, plus (z-normalised) the classifier's score of each object's best function."""
+        """BM25, plus (z-normalised) the classifier's score of each object's best function, plus `link_weight` for
+        each object the utterance's mentions link to."""
         bm25 = self.index.get_scores(tokens(text))
         if learned is None:
-            return bm25
-        by_object = np.full(len(self.objects), -np.inf)
-        np.maximum.at(by_object, self._label_objects, learned[self._label_columns])
-        by_object[np.isinf(by_object)] = learned.min()  # objects the classifier never saw
-        return _standardised(by_object) + _standardised(bm25)
+            scores = bm25
+        else:
+            by_object = np.full(len(self.objects), -np.inf)
+            np.maximum.at(by_object, self._label_objects, learned[self._label_columns])
+            by_object[np.isinf(by_object)] = learned.min()  # objects the classifier never saw
+            scores = _standardised(by_object) + _standardised(bm25)
+        if self.linker is not None and self.link_weight:
+            linked = [self.index_of[key] for key in self.linker(text) if key in self.index_of]
+            scores[linked] += self.link_weight
+        return scores
 
     def _prior(self, learned: np.ndarray, objects: list[str], functions: list[str],
                object_scores: np.ndarray) -> dict[str | None, float]:

@@ -2,9 +2,10 @@
 
 A command (typed, recorded or uploaded) goes through offline speech recognition (`tvcall.app.demo.asr`), then the
 router's `route_text` (the batcher, its limits and time-out, an invalid call turned into none) and `execute`
-(the dispatcher on the simulated TV); risky calls are held in the router's `Confirmations` until the user
-confirms. The page shows the transcript, the call as JSON, the slots highlighted in the utterance, the
-confidence and the latencies, and a panel with the simulated TV's state.
+(the dispatcher on the simulated TV); a call under the run's act threshold is not run but asked about, and risky
+calls are held in the router's `Confirmations` until the user confirms. The page shows the transcript, the call
+as JSON, the slots highlighted in the utterance, the confidence and the latencies, and a panel with the simulated
+TV's state.
 """
 
 from __future__ import annotations
@@ -192,6 +193,10 @@ class Demo:
     async def _act(self, outcome: Outcome, result: RouteResult, lang: str) -> None:
         assert result.name is not None
         spec = self.state.registry[result.name]
+        if asked := self.state.clarification(result):
+            outcome.status = (f"Not sure enough to run `{spec.name}` (confidence {result.confidence:.3f}, under "
+                              f"{self.state.act_threshold:.3f}). Did you mean " + ", ".join(f"`{n}`" for n in asked) + "?")
+            return
         if spec.risk == "confirm":
             outcome.pending = self.state.confirmations.hold(spec.name, result.arguments)
             self._langs[outcome.pending] = lang

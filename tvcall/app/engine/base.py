@@ -20,6 +20,7 @@ class RouteResult:
     errors: list[str] = field(default_factory=list)  # schema violations found after decoding
     stats: dict[str, int] = field(default_factory=dict)
     null_margin: float = math.nan  # "no function" logit minus the best name's at the first name token (unbiased)
+    candidates: list[str] = field(default_factory=list)  # the functions most likely meant, best first (if known)
 
     @property
     def valid(self) -> bool:
@@ -34,6 +35,8 @@ class RouteResult:
 
 class Engine(ABC):
     registry: Registry
+    act_threshold: float = 0.0  # the confidence a call needs to be executed, chosen on dev (0: every call acts)
 
     @abstractmethod
     def route(self, text: str) -> RouteResult: ...
+

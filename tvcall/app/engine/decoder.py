@@ -35,6 +35,7 @@ from outlines_core import Guide
 from tvcall.app.engine.schema_guide import GuideError, SchemaGuides, admitted, advance
 from tvcall.data import prompt as P
 from tvcall.data.grounding import said_keys, said_matches, says_required, values_of
+from tvcall.data.words import word_boundaries
 from tvcall.functions.registry import Registry
 from tvcall.functions.spec import FunctionSpec
 
@@ -94,16 +95,10 @@ def longest_path(trie: TokenTrie, node: TrieNode) -> list[int]:
 
 
 def utterance_spans(text: str, max_chars: int = MAX_COPY_CHARS, taken: Sequence[tuple[int, int]] = ()) -> list[str]:
-    """Every substring that can be a slot value: trimmed, not cutting through an ASCII word or number, and with an
-    occurrence that overlaps none of the `taken` character ranges (the values already copied: each word of a
-    command fills one slot at most)."""
-
-    def word_char(c: str) -> bool:
-        return c.isascii() and c.isalnum()
-
-    def boundary(i: int) -> bool:
-        return i in (0, len(text)) or not (word_char(text[i - 1]) and word_char(text[i]))
-
+    """Every substring that can be a slot value: trimmed, starting and ending on word boundaries (`word_boundaries`:
+    not through an English word, a number or a Chinese word), and with an occurrence that overlaps none of the
+    `taken` character ranges (the values already copied: each word of a command fills one slot at most)."""
+    boundary = word_boundaries(text).__contains__
     starts = [i for i in range(len(text)) if boundary(i) and not text[i].isspace()]
     spans = []
     for i in starts:
@@ -119,14 +114,18 @@ def clear_of(start: int, end: int, taken: Sequence[tuple[int, int]]) -> bool:
 
 
 def free_occurrence(text: str, value: str, taken: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
-    """The first occurrence of `value` in `text` that overlaps none of the `taken` ranges."""
+    """The first occurrence of `value` in `text` on word boundaries that overlaps none of the `taken` ranges (else
+    the first that overlaps none)."""
+    bounds, found = word_boundaries(text), []
     start = text.find(value)
     while start >= 0:
         end = start + len(value)
         if clear_of(start, end, taken):
-            return start, end
+            if start in bounds and end in bounds:
+                return start, end
+            found.append((start, end))
         start = text.find(value, start + 1)
-    return None
+    return found[0] if found else None
 
 
 def copied(schema: dict[str, Any], grounded: list[Any] | None) -> bool:
@@ -265,6 +264,7 @@ class ConstrainedDecoder:
         self.prior_weight = 0.0  # how much the name prior counts against the model's own scores (calibrated too)
         self.speculate = True  # run the prior's favourite name with the prompt (`_passes`): same result, fewer passes
         self.draft_copies = True  # check the rest of the utterance in one pass once a copied value starts (`_passes`)
+        word_boundaries("开机")  # load the Chinese segmenter's dictionary now, not in the first request
 
     # --- tries -----------------------------------------------------------------------------------
     def _trie(self, alternatives: list[tuple[str, Any]]) -> TokenTrie:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ import torch
 from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.app.engine.decoder import ConstrainedDecoder, Decoded, TransformersLM, common_prefix_length
 from tvcall.app.engine.fastlm import FastLlama
+from tvcall.data.mentions import LexiconLinker
 from tvcall.data.prompt import prompt_ids
 from tvcall.functions.registry import Registry, default_registry
-from tvcall.functions.retrieve import Retriever, load_classifier
+from tvcall.functions.retrieve import Retrieved, Retriever, load_classifier
 from tvcall.functions.validate import call_errors
 from tvcall.model.load import cpu_bf16_native, load_run_model
 from tvcall.run import DEFAULT_RUN_DIR, DEFAULT_TOP_OBJECTS, RunDir
@@ -44,6 +46,8 @@ class TransformersEngine(Engine):
         self.prompt_options = prompt_options  # as the model was trained: retrieved objects listed in the prompt
         self.max_prompt_tokens = MAX_PROMPT_TOKENS
         self.retriever = (retriever or Retriever(self.registry)) if top_objects else None
+        if self.retriever is not None and self.retriever.linker is None:
+            self.retriever.linker = LexiconLinker(self.registry).linked_objects
         self.tokenizer = tokenizer
         self.backend = backend
         self.model: Any = None  # the transformers model, kept by the "hf" path only
@@ -95,18 +99,19 @@ class TransformersEngine(Engine):
         if engine.retriever is not None:
             engine.retriever.use_classifier(load_classifier(run.classifier_file))
         engine.name_settings = load_calibration(run)
+        engine.act_threshold = load_act_threshold(run)
         return engine
 
     @property
     def name_settings(self) -> NameSettings:
-        sharpness = self.retriever.object_sharpness if self.retriever is not None else 1.0
-        return NameSettings(self.decoder.null_bias, self.decoder.prior_weight, sharpness)
+        sharpness, link = (self.retriever.object_sharpness, self.retriever.link_weight) if self.retriever is not None else (1.0, 0.0)
+        return NameSettings(self.decoder.null_bias, self.decoder.prior_weight, sharpness, link)
 
     @name_settings.setter
     def name_settings(self, settings: NameSettings) -> None:
         self.decoder.null_bias, self.decoder.prior_weight = settings.null_bias, settings.prior_weight
         if self.retriever is not None:
-            self.retriever.object_sharpness = settings.object_sharpness
+            self.retriever.object_sharpness, self.retriever.link_weight = settings.object_sharpness, settings.link_weight
 
     def ready_schemas(self) -> float:
         """Compile (or load from the disk cache) every argument schema now, at start-up, rather than at a function's
@@ -118,6 +123,7 @@ class TransformersEngine(Engine):
     def route(self, text: str) -> RouteResult:
         return self.route_batch([text])[0]
 
+
     def route_batch(self, texts: list[str], name_only: bool = False) -> list[RouteResult]:
         """Route several utterances in one batched decode; results in order, each as `route` would give.
         `name_only`: choose the functions alone, as a whole decode would (no arguments, nothing validated)."""
@@ -127,19 +133,29 @@ class TransformersEngine(Engine):
             options = [f.options if self.prompt_options else () for f in found]
             decoded = self.decoder.decode_batch(texts, [f.functions for f in found], options, [f.prior for f in found],
                                                 name_only)
+            ranked = [likeliest(f) for f in found]
         else:
             decoded = self.decoder.decode_batch(texts, [None] * len(texts), [()] * len(texts), name_only=name_only)
+            ranked = [[] for _ in texts]
         latency_ms = (time.perf_counter() - started) * 1000
-        return [self._result(d, latency_ms, validate=not name_only) for d in decoded]
+        return [self._result(d, latency_ms, validate=not name_only, candidates=c) for d, c in zip(decoded, ranked, strict=True)]
 
-    def _result(self, decoded: Decoded, latency_ms: float, validate: bool = True) -> RouteResult:
-        return RouteResult(
+    def _result(self, decoded: Decoded, latency_ms: float, validate: bool = True, candidates: list[str] | None = None) -> RouteResult:
+        return RouteResult(candidates=(candidates or [])[:CANDIDATES_KEPT],
             name=decoded.name, arguments=decoded.arguments, confidence=decoded.confidence, latency_ms=latency_ms,
             raw=decoded.text, errors=call_errors(self.registry, decoded.name, decoded.arguments) if validate else [],
             stats={"model_calls": decoded.model_calls, "decided_tokens": decoded.decided_tokens,
                    "forced_tokens": decoded.forced_tokens},
             null_margin=decoded.null_margin,
         )
+
+
+CANDIDATES_KEPT = 5  # the likeliest functions a result carries, for asking the user which one was meant
+
+
+def likeliest(found: Retrieved) -> list[str]:
+    """The retrieved functions, best first: by the classifier's prior where there is one, else in retrieval order."""
+    return sorted(found.functions, key=lambda name: -found.prior.get(name, -math.inf)) if found.prior else found.functions
 
 
 def fast_dtype() -> torch.dtype:
@@ -157,11 +173,13 @@ def shared_prompt_prefix(tokenizer: Any) -> list[int]:
 @dataclass(frozen=True)
 class NameSettings:
     """How the name stage weighs its evidence, chosen on dev (`tvcall.eval.calibrate`): the abstention bias on "no
-    function", the weight of the retriever's prior against the model, and the sharpness of the prior's object ranking."""
+    function", the weight of the retriever's prior against the model, the sharpness of the prior's object ranking,
+    and the weight of entity linking (`tvcall.data.mentions`) in that ranking."""
 
     null_bias: float = 0.0
     prior_weight: float = 0.0
     object_sharpness: float = 1.0
+    link_weight: float = 0.0  # what a mention of a lexicon value adds to the objects taking it (0: linking off)
 
 
 def load_calibration(run: RunDir) -> NameSettings:
@@ -171,7 +189,14 @@ def load_calibration(run: RunDir) -> NameSettings:
         return NameSettings()
     chosen = json.loads(path.read_text())
     return NameSettings(float(chosen["null_bias"]), float(chosen.get("prior_weight", 0.0)),
-                        float(chosen.get("object_sharpness", 1.0)))  # runs calibrated before it: 1
+                        float(chosen.get("object_sharpness", 1.0)),  # runs calibrated before it: 1
+                        float(chosen.get("link_weight", 0.0)))  # and before linking: off
+
+
+def load_act_threshold(run: RunDir) -> float:
+    """The confidence a call needs to be executed, chosen on dev; none chosen yet: 0 (every call acts)."""
+    path = run.calibration_file
+    return float(json.loads(path.read_text()).get("act_threshold", 0.0)) if path.exists() else 0.0
 
 
 def release_freed_memory() -> None:

@@ -70,6 +70,9 @@ class RouteResponse(BaseModel):
     needs_confirmation: bool | None = omitted("true when a risky call was held: confirm it with `confirmation_token`")
     confirmation_token: str | None = omitted("single use, for POST /v1/confirm")
     expires_in_s: float | None = omitted("the token's lifetime")
+    needs_clarification: bool | None = omitted("true when `execute` was asked but the call's confidence is under the "
+                                               "run's act threshold: nothing ran; ask the user among `candidates`")
+    candidates: list[str] | None = omitted("with needs_clarification: the functions most likely meant, best first")
 
 
 class CallBody(Strict):

@@ -28,6 +28,7 @@ class Metrics:
         self.errors = Counter("tvcall_errors", "errors by kind", ["kind"], registry=r)
         self.executions = Counter("tvcall_executions", "calls executed", ["domain", "target"], registry=r)
         self.confirmations = Counter("tvcall_confirmations", "risky calls held or confirmed", ["event"], registry=r)
+        self.clarifications = Counter("tvcall_clarifications", "execute asked, confidence under the act threshold", registry=r)
         self.batch_size = Histogram("tvcall_batch_size", "texts per engine batch", buckets=BATCH_BUCKETS, registry=r)
         self.batch_latency = Histogram("tvcall_batch_latency_seconds", "engine time per batch", buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("tvcall_queue_depth", "requests waiting for the engine", registry=r)

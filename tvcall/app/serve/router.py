@@ -3,7 +3,8 @@
 `create_app(engine, config)` builds the FastAPI app; `tvcall serve` (tvcall/app/serve/server.py) runs it with
 uvicorn. Endpoints:
 
-- `POST /v1/route` — route a text; with `execute` run the call (risky ones wait for `/v1/confirm`);
+- `POST /v1/route` — route a text; with `execute` run the call if its confidence reaches the act threshold (else
+  `needs_clarification` with candidates; risky ones wait for `/v1/confirm`);
 - `POST /v1/confirm` — run a held risky call by its token;
 - `POST /v1/feedback` — the client says an answer was wrong, or gives the right call (kept in the traffic log);
 - `POST /v1/chat/completions` — OpenAI-compatible, the call as `tool_calls`;
@@ -57,6 +58,7 @@ from tvcall.functions.validate import call_errors
 
 log = logging.getLogger("tvcall.router")
 CHAT_PATH = "/v1/chat/completions"
+CLARIFY_CANDIDATES = 3  # functions offered when the router asks instead of acting
 
 
 class RouterConfig(BaseModel):
@@ -72,6 +74,8 @@ class RouterConfig(BaseModel):
     traffic: str | None = Field(default=None, description="SQLite file of the traffic log (None: nothing is logged)")
     run: str | None = Field(default=None, description="the run that answers, as the traffic log records it")
     data_version: str | None = Field(default=None, description="the data version that run was trained on")
+    act_threshold: float | None = Field(default=None, ge=0, description="the confidence a call needs to be executed "
+                                       "(None: the run's, chosen on dev; 0: every call acts)")
 
 
 class RouterState:
@@ -83,7 +87,15 @@ class RouterState:
         self.tv = tv or SimulatedTV(self.registry)
         self.dispatcher = Dispatcher(self.tv, config.webhooks, config.webhook_timeout_s)
         self.confirmations = Confirmations(config.confirm_ttl_s)
+        self.act_threshold = engine.act_threshold if config.act_threshold is None else config.act_threshold
         self.traffic = TrafficLog(Path(config.traffic), config.run, config.data_version) if config.traffic else None
+
+    def clarification(self, result: RouteResult) -> list[str] | None:
+        """The functions to ask the user about when a call is under the act threshold (its own first); None: act."""
+        if result.name is None or result.confidence >= self.act_threshold:
+            return None
+        self.metrics.clarifications.inc()
+        return list(dict.fromkeys([result.name, *result.candidates]))[:CLARIFY_CANDIDATES]
 
     async def log(self, answered: Answered) -> None:
         """Keep an answered request; a failed write is counted and logged, never the request's failure."""
@@ -135,7 +147,9 @@ def build_api(state: RouterState) -> APIRouter:
         response = RouteResponse(id=new_request_id("req"), name=result.name, arguments=result.arguments,
                                  confidence=result.confidence, latency_ms=0.0, risky=bool(spec and spec.risk == "confirm"))
         confirmation = None
-        if body.execute and spec is not None:
+        if body.execute and spec is not None and (asked := state.clarification(result)):
+            response.needs_clarification, response.candidates = True, asked
+        elif body.execute and spec is not None:
             if response.risky:
                 response.needs_confirmation, confirmation = True, "held"
                 response.confirmation_token = state.confirmations.hold(spec.name, result.arguments, response.id)
@@ -234,6 +248,11 @@ def create_app(engine: Engine, config: RouterConfig | None = None, tv: Simulated
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state.act_threshold > 1:
+            log.warning("execute runs no call: the act threshold is %.2f (dev never reached the precision it needs)",
+                        state.act_threshold)
+        elif state.act_threshold > 0:
+            log.info("execute runs calls at confidence %.3f or more, and asks about the rest", state.act_threshold)
         await state.batcher.start()
         try:
             yield

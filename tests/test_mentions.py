@@ -1,0 +1,38 @@
+"""Entity linking: lexicon values an utterance mentions, and the registry objects that take them."""
+
+from tvcall.data.lexicon import lexicon_values
+from tvcall.data.mentions import LexiconLinker
+from tvcall.functions.retrieve import Retriever
+
+
+def test_a_catalogue_title_links_to_the_media_object_that_takes_it(registry):
+    linker = LexiconLinker(registry)
+    assert "media.movie" in linker.linked_objects("霸王别姬的导演是谁?")
+    assert "media.documentary" not in linker.linked_objects("霸王别姬的导演是谁?")
+    assert "media.movie" in linker.linked_objects("who directed farewell my concubine")  # in any case
+
+
+def test_the_longest_mention_wins_and_none_cuts_through_a_word(registry):
+    linker = LexiconLinker(registry)
+    text = "我想看霸王别姬"
+    mentions = linker.mentions(text)
+    assert [text[m.start:m.end] for m in mentions] == ["霸王别姬"]
+    assert linker.mentions("the avatarist") == []  # "Avatar" inside another word is no mention
+
+
+def test_a_train_only_catalogue_lacks_the_held_out_titles(registry):
+    held_out = lexicon_values("movie_title", "zh", "test")[0]
+    assert "media.movie" in LexiconLinker(registry).linked_objects(f"{held_out}的导演是谁")
+    assert "media.movie" not in LexiconLinker(registry, catalogue="train").linked_objects(f"{held_out}的导演是谁")
+
+
+def test_a_linked_object_is_raised_in_the_retrievers_ranking_by_the_link_weight(registry):
+    retriever = Retriever(registry)
+    retriever.linker = LexiconLinker(registry).linked_objects
+    text = "霸王别姬的导演是谁"
+    every = len(retriever.objects)
+    plain = retriever.retrieve(text, every)
+    retriever.link_weight = 100.0
+    linked = retriever.retrieve(text, every)
+    assert linked.objects[0] == "media.movie"
+    assert linked.scores[0] == plain.scores[plain.objects.index("media.movie")] + 100.0
