@@ -274,7 +274,9 @@ def test_drafted_names_give_the_same_calls_with_the_real_model(registry, tokeniz
 @pytest.mark.parametrize("backend", ["fast", "hf"])
 def test_drafting_the_rest_of_a_copied_value_gives_the_same_calls_in_fewer_passes(registry, tokenizer, base_model,
                                                                                   backend):
-    engine = TransformersEngine(base_model, tokenizer, registry, backend=backend, dtype=torch.float32)
+    # fp32 throughout: the int8 kernels round a pass of several tokens unlike one token at a time, so a near tie
+    # may fall either way there (eval reports that as batched_vs_single_agreement)
+    engine = TransformersEngine(base_model, tokenizer, registry, backend=backend, dtype=torch.float32, int8=False)
     engine.decoder.null_bias = -50.0  # the base model must call the function to copy a title
     texts = ["霸王别姬的导演是谁", "who directed the movie The Shawshank Redemption", "电影让子弹飞是谁导演的"]
     args = [texts, [["media.movie.query_director"]] * len(texts), [()] * len(texts)]
