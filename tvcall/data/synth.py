@@ -196,8 +196,10 @@ def _said_outright(spec: FunctionSpec, text: str, arguments: dict[str, Any]) -> 
 
 
 def synthesize(registry: Registry, split: str, size: int, config: SynthConfig,
-               exclude: set[str] | None = None) -> list[Record]:
-    """`size` records for one split; texts in `exclude` (e.g. the training texts) are never produced."""
+               exclude: set[str] | None = None, in_turn: bool = False) -> list[Record]:
+    """`size` records for one split; texts in `exclude` (e.g. the training texts) are never produced. `in_turn`:
+    the functions take turns instead of being drawn at random, so each gets its share (one that runs out of distinct
+    texts is passed over)."""
     rng = random.Random(f"{config.seed}-{split}")
     names = registry.names
     seen = set(exclude or ())
@@ -213,7 +215,7 @@ def synthesize(registry: Registry, split: str, size: int, config: SynthConfig,
         if rng.random() < config.oos_share:
             record = Record(id=rid, text=rng.choice(out_of_scope_texts(lang, split)), lang=lang, function=None)
         else:
-            spec = registry[rng.choice(names)]
+            spec = registry[names[attempts % len(names)] if in_turn else rng.choice(names)]
             templates = templates_for(spec, lang, split)
             if not templates:
                 continue

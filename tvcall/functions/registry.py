@@ -136,6 +136,20 @@ def named_registry(name: str) -> Registry:
     return default_registry() if name == "core" else load_registry(REGISTRIES[name])
 
 
+def resolve_registry(value: str) -> Registry:
+    """`--registry`: a shipped registry's name (`core`, `full`) or a catalog folder of `*.yaml` files."""
+    if value in REGISTRIES:
+        return named_registry(value)
+    if not Path(value).is_dir():
+        raise InputError(Path(value), None, "registry", f"no such catalog folder, nor a shipped registry ({', '.join(REGISTRIES)})")
+    return load_registry(Path(value))
+
+
+def registry_qualifier(value: str) -> str:
+    """How eval folders name a `--registry`: the shipped name, or `registry-FOLDER` for a catalog folder."""
+    return value if value in REGISTRIES else f"registry-{Path(value).resolve().name}"
+
+
 def registry_for_data(data_dir: Path) -> Registry:
     """The registry a data folder is labelled with: its own when it has one (an imported benchmark:
     `DIR/catalog/*.yaml` with `DIR/lexicons/`, docs/benchmarks.md), else the shipped `default_registry()`."""

