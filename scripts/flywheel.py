@@ -28,9 +28,10 @@ import argparse
 import json
 import random
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+
+from tvcall_steps import tvcall
 
 from tvcall.data.record import Record, write_jsonl
 from tvcall.data.splits import read_split
@@ -40,14 +41,6 @@ from tvcall.functions.registry import Registry, registry_for_data
 from tvcall.run import RunDir
 
 ORDERS = ("queue", "random")
-
-
-def tvcall(*args: str) -> str:
-    print("$ tvcall " + " ".join(args), flush=True)
-    done = subprocess.run([sys.executable, "-m", "tvcall.cli", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"tvcall {args[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return done.stdout
 
 
 def seed_folder(imported: Path, out: Path, size: int, traffic_size: int, seed: int) -> list[Record]:

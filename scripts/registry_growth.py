@@ -22,13 +22,13 @@ import argparse
 import json
 import random
 import shutil
-import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
+from tvcall_steps import tvcall
 
 from tvcall.data.record import write_jsonl
 from tvcall.data.splits import read_split
@@ -37,14 +37,6 @@ from tvcall.functions.catalog import CATALOG_DIR, load_catalog_file
 from tvcall.functions.registry import DATA_CATALOG_DIR, DATA_LEXICON_DIR, LEXICON_DIR, Registry, default_registry
 from tvcall.run import RunDir
 from tvcall.yamlio import line_of, load_yaml, strip_lines
-
-
-def tvcall(*args: str) -> str:
-    print("$ tvcall " + " ".join(args), flush=True)
-    done = subprocess.run([sys.executable, "-m", "tvcall.cli", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"tvcall {args[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return done.stdout
 
 
 def catalog_entries() -> list[tuple[Path, str, int, list[str]]]:
