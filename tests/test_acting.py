@@ -7,7 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tvcall.app.engine.base import Engine, RouteResult
-from tvcall.app.engine.hf_engine import TransformersEngine, load_act_threshold
+from tvcall.app.engine.hf_engine import TransformersEngine
+from tvcall.app.engine.plan import load_act_threshold
 from tvcall.app.serve.router import CLARIFY_CANDIDATES, RouterConfig, create_app
 from tvcall.data.record import Record, write_jsonl
 from tvcall.eval.acting import (

@@ -14,10 +14,10 @@ vLLM itself needs a GPU: what `VLLMEngine` hands `LLM.generate` is checked as pl
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import httpx
 import jsonschema
@@ -26,8 +26,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tvcall.app.engine.guided import Prompt, Stage, Unreadable, call_schema, name_stage, parse_call, parse_name
+from tvcall.app.engine.llamacpp_server import free_port
+from tvcall.app.engine.plan import callable_candidates
 from tvcall.app.engine.remote_engine import OpenAIRemoteEngine, RemoteError
-from tvcall.app.engine.vllm_engine import lora_kwargs, lora_rank_limit, sampling_kwargs, vllm_batch
+from tvcall.app.engine.vllm_engine import lora_kwargs, lora_rank_limit, sampling_kwargs, token_choices, vllm_batch
 from tvcall.app.serve.server import running_server
 from tvcall.cli import main
 from tvcall.data import prompt as P
@@ -116,14 +118,16 @@ def test_vllm_protocol_sends_exactly_what_vllm_expects(gold, registry, retriever
     assert result.call() == {"name": "input.source.switch", "arguments": {"source": "hdmi2"}} and result.valid
     found = retriever.retrieve(text, 4)
     prompt = messages(text, found.options)  # the training prompt, candidates included
+    callable_names = callable_candidates(registry, text, found.functions)
+    assert "input.source.rename" in found.functions and "input.source.rename" not in callable_names  # no new name said
     assert gold.bodies == [
         {"model": "tvcall-lora", "messages": prompt, "temperature": 0.0, "max_tokens": 48, "logprobs": True,
-         "structured_outputs": {"choice": choice_list(found.functions)}},
+         "structured_outputs": {"choice": choice_list(callable_names)}},
         {"model": "tvcall-lora", "messages": prompt, "temperature": 0.0, "max_tokens": 256,
          "structured_outputs": {"json": {
              "type": "object",
              "properties": {"name": {"enum": ["input.source.switch"]},
-                            "arguments": {"type": "object", "properties": {"source": {"type": "string", "enum": HDMI_SOURCES}},
+                            "arguments": {"type": "object", "properties": {"source": {"type": "string", "enum": ["hdmi2"]}},
                                           "required": ["source"], "additionalProperties": False}},
              "required": ["name", "arguments"], "additionalProperties": False}}},
     ]
@@ -190,7 +194,7 @@ def test_openai_protocol_sends_json_schemas(gold, registry, retriever):
     first, second = gold.bodies
     assert "structured_outputs" not in first and "structured_outputs" not in second
     assert first["response_format"] == {"type": "json_schema", "json_schema": {"name": "tvcall_name", "strict": False, "schema": {
-        "type": "object", "properties": {"name": {"enum": [*retriever.retrieve(text, 4).functions, None]}},
+        "type": "object", "properties": {"name": {"enum": [*callable_candidates(registry, text, retriever.retrieve(text, 4).functions), None]}},
         "required": ["name"], "additionalProperties": False}}}
     assert second["response_format"]["json_schema"]["schema"] == call_schema(registry, "input.source.switch", text)
 
@@ -229,11 +233,6 @@ def test_remote_backend_needs_a_base_url(capsys, tmp_path):
 
 
 # --- the project's own router, over HTTP ----------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def router_url():
@@ -278,6 +277,17 @@ def test_vllm_sampling_params_per_stage(registry):
         "choice": ['{"name":"input.source.switch"', '{"name":"input.source.list"', '{"name":null}']}}
     call = Stage("call", call_schema(registry, "input.source.switch"))
     assert sampling_kwargs(call) == {"temperature": 0.0, "max_tokens": 256, "structured_outputs": {"json": call.schema}}
+    assert sampling_kwargs(name_stage(["input.source.list"], top_logprobs=20))["logprobs"] == 20
+
+
+def test_vllm_logprobs_read_as_a_servers_token_choices(tokenizer):
+    """vLLM's `{token id: Logprob}` per generated token becomes the text-keyed choices the name replay reads."""
+    ids = P.segment_ids(tokenizer, P.NAME_OPEN)
+    logprobs = [{t: SimpleNamespace(logprob=-0.1), t + 1: SimpleNamespace(logprob=-3.0)} for t in ids]
+    choices = token_choices(tokenizer, ids, logprobs)
+    assert "".join(c.token for c in choices) == P.NAME_OPEN
+    assert [c.logprob for c in choices] == [-0.1] * len(ids) and all(len(c.top) == 2 for c in choices)
+    assert token_choices(tokenizer, ids, None) == []
 
 
 def test_vllm_batch_takes_training_token_ids_and_an_adapter_per_request(tokenizer, registry, retriever):

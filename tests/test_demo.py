@@ -3,7 +3,6 @@ headless Debian Chromium through Playwright. The screenshot is kept under runs/a
 
 import asyncio
 import shutil
-import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from tvcall.app.demo.page import Demo, launch, slot_highlights
 from tvcall.app.engine.base import RouteResult
 from tvcall.app.engine.hf_engine import TransformersEngine
+from tvcall.app.engine.llamacpp_server import free_port
 
 REPO = Path(__file__).parents[1]
 ARTIFACTS = REPO / "runs" / "artifacts" / "test_demo"
@@ -88,11 +88,6 @@ def test_a_call_under_the_act_threshold_asks_instead_of_running(demo):
     assert demo.executed == 0 and not demo.state.tv.state.history
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @contextmanager
 def demo_page(demo):
@@ -100,7 +95,7 @@ def demo_page(demo):
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "Debian chromium is missing: `make system-packages` installs it"
-    port = _free_port()
+    port = free_port()
     app = launch(demo, port=port, block=False)
     try:
         with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:

@@ -7,7 +7,7 @@ import pytest
 
 from tests.test_prompt_and_decoder import _TeacherLM
 from tvcall.app.engine.decoder import ConstrainedDecoder, _PriorMass
-from tvcall.app.engine.hf_engine import NameSettings
+from tvcall.app.engine.plan import NameSettings
 from tvcall.data import prompt as P
 from tvcall.data.synth import SynthConfig, build_splits
 from tvcall.eval.calibrate import MIN_GAIN, calibrate

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from tvcall.app.engine.decoder import ConstrainedDecoder, utterance_spans
+from tvcall.app.engine.decoder import ConstrainedDecoder
 from tvcall.app.engine.fastlm import FastLlama
 from tvcall.app.engine.hf_engine import TransformersEngine, shared_prompt_prefix
+from tvcall.app.engine.plan import utterance_spans
 from tvcall.data import prompt as P
 from tvcall.data.synth import SynthConfig, build_splits
 from tvcall.functions.validate import call_errors

@@ -1,6 +1,6 @@
 """Word boundaries for copied slot values: no span cuts through an English word, a number or a Chinese word."""
 
-from tvcall.app.engine.decoder import free_occurrence, utterance_spans
+from tvcall.app.engine.plan import free_occurrence, utterance_spans
 from tvcall.data.words import word_boundaries
 
 

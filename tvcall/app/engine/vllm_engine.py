@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tvcall.app.engine.guided import CALL_MAX_TOKENS, Generation, GuidedEngine, Prompt, Stage, structured_outputs
+from tvcall.app.engine.guided import CALL_MAX_TOKENS, Generation, GuidedEngine, Prompt, Stage, TokenChoice, structured_outputs
 from tvcall.data.prompt import prompt_ids
 from tvcall.functions.registry import Registry
 from tvcall.run import DEFAULT_TOP_OBJECTS, RunDir
@@ -26,11 +26,22 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's `max_lora_ran
 
 def sampling_kwargs(stage: Stage) -> dict[str, Any]:
     """`vllm.SamplingParams` fields for one stage: greedy, bounded, constrained; the name stage reports the
-    sampled tokens' log-probabilities (`logprobs=0`) for the confidence."""
+    sampled tokens' log-probabilities for the confidence, and the top alternatives' where the stage asks
+    (`logprobs=N`: the sampled token's and the N likeliest)."""
     kwargs: dict[str, Any] = {"temperature": 0.0, "max_tokens": stage.max_tokens, "structured_outputs": structured_outputs(stage)}
     if stage.kind == "name":
-        kwargs["logprobs"] = 0
+        kwargs["logprobs"] = stage.top_logprobs
     return kwargs
+
+
+def token_choices(tokenizer: Any, token_ids: Sequence[int], logprobs: Sequence[dict[int, Any]] | None) -> list[TokenChoice]:
+    """vLLM's per-token `{token id: Logprob}` as the guided engine reads a server's: the sampled token and the
+    alternatives, by text."""
+    if not logprobs:
+        return []
+    return [TokenChoice(tokenizer.decode([token]), float(alternatives[token].logprob),
+                        {tokenizer.decode([t]): float(lp.logprob) for t, lp in alternatives.items()})
+            for token, alternatives in zip(token_ids, logprobs, strict=True)]
 
 
 def lora_kwargs(path: str, lora_int_id: int) -> dict[str, Any]:
@@ -97,7 +108,7 @@ class VLLMEngine(GuidedEngine):
         config = run.config()
         engine = cls(run.model_source(config), run.adapter_dir if run.has_adapter else None, registry,
                      config.retrieval_top_objects, **llm_kwargs)
-        engine.use_run_retriever(run.path)
+        engine.use_run(run.path)
         return engine
 
     def generate(self, prompts: Sequence[Prompt], stages: Sequence[Stage]) -> list[Generation]:
@@ -112,4 +123,5 @@ class VLLMEngine(GuidedEngine):
         loras = [LoRARequest(**k) if k is not None else None for k in batch.loras]
         outputs = self.llm.generate(batch.prompts, params, use_tqdm=False, lora_request=loras)
         return [Generation(text=o.outputs[0].text, logprob=o.outputs[0].cumulative_logprob, prompt_tokens=len(o.prompt_token_ids or []),
-                           completion_tokens=len(o.outputs[0].token_ids)) for o in outputs]
+                           completion_tokens=len(o.outputs[0].token_ids),
+                           tokens=token_choices(self.tokenizer, o.outputs[0].token_ids, o.outputs[0].logprobs)) for o in outputs]

@@ -1,0 +1,154 @@
+"""The constraint plan: what every backend must obey for one utterance, decided in one place.
+
+- Names: the retrieved functions the utterance can call (`callable_candidates`: a required number, enum or boolean
+  must be said), the retriever's prior over them, and how the prior and the abstention bias weigh against the
+  model's own scores (`NameSettings`, chosen on dev).
+- Arguments, per candidate (`ArgumentPlan`): typed values narrowed to what the utterance says, optional keys to
+  those it can fill, keys whose value it says unambiguously made required, strings to its spans on word
+  boundaries (`utterance_spans`).
+
+The local decoder walks the plan as token tries (`tvcall.app.engine.decoder`); backends that take one constraint
+per request get it as JSON schemas (`arguments_schema`) and the same name decision replayed on the server's
+log-probabilities (`tvcall.app.engine.guided`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tvcall.data.grounding import said_keys, said_matches, says_required, values_of
+from tvcall.data.mentions import LexiconLinker
+from tvcall.data.words import word_boundaries
+from tvcall.functions.registry import Registry
+from tvcall.functions.retrieve import Retriever
+from tvcall.functions.spec import FunctionSpec, strip_private_keywords
+from tvcall.run import RunDir
+
+MAX_COPY_CHARS = 100  # longest string slot value copied from an utterance (SNIPS has playlist names of 99)
+
+
+# --- names ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NameSettings:
+    """How the name stage weighs its evidence, chosen on dev (`tvcall.eval.calibrate`): the abstention bias on "no
+    function", the weight of the retriever's prior against the model, the sharpness of the prior's object ranking,
+    and the weight of entity linking (`tvcall.data.mentions`) in that ranking."""
+
+    null_bias: float = 0.0
+    prior_weight: float = 0.0
+    object_sharpness: float = 1.0
+    link_weight: float = 0.0  # what a mention of a lexicon value adds to the objects taking it (0: linking off)
+
+
+def load_calibration(run: RunDir) -> NameSettings:
+    """The settings chosen on dev; none chosen yet: no bias and no prior."""
+    path = run.calibration_file
+    if not path.exists():
+        return NameSettings()
+    chosen = json.loads(path.read_text())
+    return NameSettings(float(chosen["null_bias"]), float(chosen.get("prior_weight", 0.0)),
+                        float(chosen.get("object_sharpness", 1.0)),  # runs calibrated before it: 1
+                        float(chosen.get("link_weight", 0.0)))  # and before linking: off
+
+
+def load_act_threshold(run: RunDir) -> float:
+    """The confidence a call needs to be executed, chosen on dev; none chosen yet: 0 (every call acts)."""
+    path = run.calibration_file
+    return float(json.loads(path.read_text()).get("act_threshold", 0.0)) if path.exists() else 0.0
+
+
+def run_retriever(run: RunDir, registry: Registry, log: Callable[[str], None] = lambda _: None) -> Retriever:
+    """The retriever a run's model was trained with, over `registry`: the run's classifier, refitted for functions
+    new to the run (`tvcall.training.refresh`), with entity linking against the registry's lexicons."""
+    from tvcall.training.refresh import refresh
+
+    retriever = Retriever(registry)
+    retriever.linker = LexiconLinker(registry).linked_objects
+    retriever.use_classifier(refresh(run, registry, log=log).classifier)
+    return retriever
+
+
+def callable_candidates(registry: Registry, text: str, candidates: Sequence[str]) -> list[str]:
+    """The candidates `text` can call: those whose required typed values it says (`says_required`). A function left
+    out could only be called with an invented value; its gold utterances say it (1 in 19,000 training utterances
+    did not)."""
+    return [name for name in candidates if says_required(registry[name], text)]
+
+
+# --- arguments --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ArgumentPlan:
+    said: dict[str, list[Any]]  # each typed key the utterance could ground → the values it says (may be none)
+    available: frozenset[str]  # keys that may be filled: untyped ones and typed ones with a value said
+    filled: frozenset[str]  # optional keys that must be filled: their value is said unambiguously
+
+
+def argument_plan(spec: FunctionSpec, text: str) -> ArgumentPlan:
+    matches = said_matches(spec, text)
+    said = {key: values_of(found) for key, found in matches.items()}
+    available = frozenset(key for key in spec.properties if key not in said or said[key])
+    return ArgumentPlan(said, available, said_keys(spec, matches))
+
+
+def copied(schema: dict[str, Any], grounded: list[Any] | None) -> bool:
+    """Whether a value is copied from the utterance: a string that no enum and no grounding normalises."""
+    return not grounded and "enum" not in schema and schema.get("type") not in ("boolean", "integer")
+
+
+def arguments_schema(spec: FunctionSpec, text: str | None = None) -> dict[str, Any]:
+    """The function's parameter schema without `x-` keys; with `text`, narrowed by its `argument_plan`: keys it cannot
+    fill dropped, keys it says required, typed values to those it says, free strings to its spans. (The local decoder
+    also keeps two copied values from sharing a word, which a JSON schema cannot say.)"""
+    schema = strip_private_keywords(spec.parameters)
+    if text is None:
+        return schema
+    plan = argument_plan(spec, text)
+    spans = utterance_spans(text)
+    properties: dict[str, Any] = {}
+    for key, slot in schema.get("properties", {}).items():
+        if key not in plan.available and key not in spec.required:
+            continue
+        if plan.said.get(key):
+            slot = {**slot, "enum": plan.said[key]}
+        elif copied(slot, None) and spans:
+            slot = {**slot, "enum": spans}
+        properties[key] = slot
+    required = [key for key in properties if key in spec.required or key in plan.filled]
+    return {**schema, "properties": properties, "required": required}
+
+
+def utterance_spans(text: str, max_chars: int = MAX_COPY_CHARS, taken: Sequence[tuple[int, int]] = ()) -> list[str]:
+    """Every substring that can be a slot value: trimmed, starting and ending on word boundaries (`word_boundaries`:
+    not through an English word, a number or a Chinese word), and with an occurrence that overlaps none of the
+    `taken` character ranges (the values already copied: each word of a command fills one slot at most)."""
+    boundary = word_boundaries(text).__contains__
+    starts = [i for i in range(len(text)) if boundary(i) and not text[i].isspace()]
+    spans = []
+    for i in starts:
+        for j in range(i + 1, min(len(text), i + max_chars) + 1):
+            if boundary(j) and not text[j - 1].isspace() and clear_of(i, j, taken):
+                spans.append(text[i:j])
+    return list(dict.fromkeys(spans))
+
+
+def clear_of(start: int, end: int, taken: Sequence[tuple[int, int]]) -> bool:
+    """Whether the range start:end overlaps none of the `taken` ranges."""
+    return all(end <= a or b <= start for a, b in taken)
+
+
+def free_occurrence(text: str, value: str, taken: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """The first occurrence of `value` in `text` on word boundaries that overlaps none of the `taken` ranges (else
+    the first that overlaps none)."""
+    bounds, found = word_boundaries(text), []
+    start = text.find(value)
+    while start >= 0:
+        end = start + len(value)
+        if clear_of(start, end, taken):
+            if start in bounds and end in bounds:
+                return start, end
+            found.append((start, end))
+        start = text.find(value, start + 1)
+    return found[0] if found else None
