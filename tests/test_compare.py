@@ -60,6 +60,15 @@ def test_identical_runs_have_no_delta(tmp_path: Path, data: Path) -> None:
         assert m.delta == 0 and m.p_value == 1.0 and not m.significant
         assert m.ci_low == m.ci_high == 0
     assert "*" not in format_table(comparison).split("\n\n")[1]
+    assert comparison.same_call == 1.0
+
+
+def test_same_call_counts_the_utterances_both_answered_alike(tmp_path: Path, data: Path) -> None:
+    a = _run(tmp_path, "a", [_right(r) for r in RECORDS])
+    b = _run(tmp_path, "b", [_right(r) if i % 4 else _wrong(r) for i, r in enumerate(RECORDS)])
+    comparison = compare_runs(a, b, samples=100, data=data)
+    assert comparison.same_call == pytest.approx(sum(1 for i in range(len(RECORDS)) if i % 4) / len(RECORDS))
+    assert f"Same call (name and arguments) from A and B: {comparison.same_call:.3f}" in format_table(comparison)
 
 
 def test_clearly_better_run_is_marked(tmp_path: Path, data: Path) -> None:

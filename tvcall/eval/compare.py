@@ -3,6 +3,7 @@ over utterances for each delta's 95% interval and p-value (`tvcall eval compare 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class Comparison:
     metrics: list[MetricDelta] = field(default_factory=list)
     latency_ms_p50_a: float | None = None
     latency_ms_p50_b: float | None = None
+    same_call: float = math.nan  # share of utterances both runs answered with the same call (name and arguments)
 
 
 @dataclass
@@ -220,8 +222,9 @@ def compare_runs(a: Path, b: Path, split: str = "test", samples: int = 2000, see
         delta = value_b - value_a
         low, high = (np.percentile(resampled[name], [2.5, 97.5]) if samples else (delta, delta))
         metrics.append(MetricDelta(name, value_a, value_b, delta, float(low), float(high), p_value(delta, resampled[name])))
+    same = sum(row_a["pred"] == row_b["pred"] for row_a, row_b in zip(rows_a, rows_b, strict=True)) / len(rows_a)
     return Comparison(run_a=str(a), run_b=str(b), split=split, n=len(records), samples=samples, gold_spans=source, metrics=metrics,
-                      latency_ms_p50_a=_p50(out_a.latency_ms), latency_ms_p50_b=_p50(out_b.latency_ms))
+                      latency_ms_p50_a=_p50(out_a.latency_ms), latency_ms_p50_b=_p50(out_b.latency_ms), same_call=same)
 
 
 def format_table(comparison: Comparison) -> str:
@@ -236,5 +239,6 @@ def format_table(comparison: Comparison) -> str:
     if c.latency_ms_p50_a is not None and c.latency_ms_p50_b is not None:
         lines.append(f"| latency_ms_p50 | {c.latency_ms_p50_a:.1f} | {c.latency_ms_p50_b:.1f} | "
                      f"{c.latency_ms_p50_b - c.latency_ms_p50_a:+.1f} | – | – | |")
-    lines += ["", f"* p < {SIGNIFICANCE} (two-sided paired bootstrap)"]
+    lines += ["", f"Same call (name and arguments) from A and B: {c.same_call:.3f} of the utterances.",
+              f"* p < {SIGNIFICANCE} (two-sided paired bootstrap)"]
     return "\n".join(lines) + "\n"
