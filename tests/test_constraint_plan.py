@@ -7,6 +7,7 @@ guided backend that generates greedily under each stage's constraint and reports
 OpenAI-compatible server does) see the same numbers for the same tokens.
 """
 
+import json
 import math
 import random
 
@@ -187,3 +188,26 @@ def test_the_call_schema_narrows_arguments_as_the_local_decoder_does(registry):
             plan, schema = argument_plan(spec, text), arguments_schema(spec, text)
             assert set(schema["properties"]) == {k for k in spec.properties if k in plan.available or k in spec.required}
             assert set(schema["required"]) == (set(spec.required) | plan.filled) & set(schema["properties"])
+
+
+def test_a_guided_engine_takes_the_runs_settings_as_the_local_engine_does(registry, tokenizer, tmp_path):
+    """Abstention bias, prior weight, object sharpness, link weight and act threshold come from the run's
+    calibration for both, so both retrieve the same candidates with the same prior."""
+    from tvcall.app.engine.hf_engine import TransformersEngine
+    from tvcall.data.prompt import PROMPT_FORMAT
+    from tvcall.run import RunDir, TrainSummary
+    from tvcall.training.config import load_config
+
+    run = RunDir(tmp_path / "run")
+    run.write(load_config("cpu-default", [f"output_dir={run.path}"]), TrainSummary(prompt_format=PROMPT_FORMAT))
+    run.calibration_file.write_text(json.dumps({"null_bias": 1.25, "prior_weight": 2.0, "object_sharpness": 3.0,
+                                                "link_weight": 4.0, "act_threshold": 0.9}))
+    local = TransformersEngine.from_run(run.path, registry)
+    server = ScoredServer(ContextScores(tokenizer, registry, 0), tokenizer, registry)
+    server.use_run(run.path)
+    assert server.name_settings == local.name_settings == NameSettings(1.25, 2.0, 3.0, 4.0)
+    assert server.act_threshold == local.act_threshold == 0.9
+    for text in TEXTS:
+        ours, theirs = server.retriever.retrieve(text, 4), local.retriever.retrieve(text, 4)
+        assert (ours.objects, ours.prior) == (theirs.objects, theirs.prior)
+        assert server.prompt(text).candidates == callable_candidates(registry, text, theirs.functions)
