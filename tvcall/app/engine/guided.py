@@ -1,15 +1,15 @@
-"""Guided decoding of a call in two generation requests, for backends that constrain a whole generation to a
-choice or a JSON schema (vLLM in-process, vLLM's OpenAI-compatible server, other OpenAI-compatible servers).
+"""Guided decoding of a call, for backends that constrain a whole generation to a choice or a JSON schema (vLLM
+in-process, vLLM's OpenAI-compatible server, llama.cpp's and other OpenAI-compatible servers).
 
 The staged trie decoder (`tvcall.app.engine.decoder`) constrains every token itself; these backends take one
-constraint per request, so a call is decoded in the same two stages with one request each:
+constraint per request. Both obey the one constraint plan (`tvcall.app.engine.plan`), in two stages:
 
-1. the name: the retrieved candidates and "no function", as a choice among the answer's own opening
-   (`{"name": "dom.obj.act"` or `{"name": null}`, exactly the text the model was trained to write) or, where
-   a server takes only JSON schemas, as `{"name": <enum>}`;
+1. the name, among the callable candidates and "no function", as a choice among the answer's own opening
+   (`{"name": "dom.obj.act"` or `{"name": null}`, exactly the text the model was trained to write) or, where a
+   server takes only JSON schemas, as `{"name": <enum>}`. With the run's tokenizer (`use_run`), the decision is
+   the local decoder's, replayed on the log-probabilities the server reports (`GuidedEngine._replayed`);
 2. the arguments: the whole answer `{"name": "dom.obj.act", "arguments": {...}}` under a JSON schema whose name
-   is that function's and whose arguments are the function's own parameter schema (private `x-` keys
-   stripped), string slots narrowed, like the local decoder's copy constraint, to spans of the utterance.
+   is that function's and whose arguments are its parameter schema narrowed by the plan (`plan.arguments_schema`).
    A function without parameters needs no second request.
 
 Both stages prompt with the training prompt (`tvcall.data.prompt.messages` with the retrieved options);
