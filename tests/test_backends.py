@@ -232,6 +232,12 @@ def test_remote_backend_needs_a_base_url(capsys, tmp_path):
     assert "--base-url" in capsys.readouterr().err
 
 
+def test_an_unreachable_server_is_a_one_line_error(capsys, tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    assert main(["route", "--backend", "remote", "--protocol", "llama.cpp", "--base-url", url, "--run", str(tmp_path), "静音"]) == 2
+    assert capsys.readouterr().err.strip() == f"tvcall: error: {url}: ConnectError: [Errno 111] Connection refused"
+
+
 # --- the project's own router, over HTTP ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")

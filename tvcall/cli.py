@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tvcall.errors import InputError
+from tvcall.errors import BackendError, InputError
 from tvcall.run import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, RunDir
 
 DEFAULT_DATA = DEFAULT_DATA_DIR
@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_compare_parser().parse_args(argv[2:]) if argv[:2] == ["eval", "compare"] else build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (InputError, FileNotFoundError, FileExistsError) as exc:
+    except (InputError, BackendError, FileNotFoundError, FileExistsError) as exc:
         print(f"tvcall: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,4 +1,5 @@
-"""One error type for bad input files: it always says which file, line and field."""
+"""The errors the command line reports in one line: bad input files (always with file, line and field), and a
+serving backend that refused or failed."""
 
 from __future__ import annotations
 
@@ -10,3 +11,7 @@ class InputError(ValueError):
         self.path, self.line, self.field, self.message = str(path), line, field, message
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {field}: {message}")
+
+
+class BackendError(RuntimeError):
+    """A serving backend (a remote server) refused or failed a request, or answered something unreadable."""

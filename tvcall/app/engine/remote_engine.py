@@ -30,6 +30,7 @@ import httpx
 
 from tvcall.app.engine.base import RouteResult
 from tvcall.app.engine.guided import Generation, GuidedEngine, Prompt, Stage, TokenChoice, response_format, structured_outputs
+from tvcall.errors import BackendError
 from tvcall.functions.registry import Registry
 from tvcall.functions.retrieve import language
 from tvcall.functions.validate import call_errors
@@ -41,7 +42,7 @@ API_KEY_ENV = "TVCALL_REMOTE_API_KEY"  # an environment variable, not a flag: fl
 DEFAULT_MODEL = "tvcall"
 
 
-class RemoteError(RuntimeError):
+class RemoteError(BackendError):
     """The server refused or failed a request, or answered something that is not a chat completion."""
 
 
