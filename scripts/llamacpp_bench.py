@@ -83,7 +83,7 @@ def main() -> None:
         kind = name.removeprefix("llama.cpp ")
         rows.append({
             "engine": name, "size_mb": round(files[kind].stat().st_size / 2**20, 1) if kind in files else None,
-            "p50_ms": round(statistics.median(latency[name]), 1), "p95_ms": round(percentile(latency[name], 95), 1),
+            "p50_ms": round(statistics.median(latency[name]), 1), "p95_ms": round(percentile(latency[name], 0.95), 1),
             "same_call_as_local": round(sum(a == b for a, b in zip(calls[name], calls["local fast path"], strict=True)) / len(texts), 3),
             "requests_per_utterance": round(statistics.mean(requests[name]), 2) if kind in files else None,
         })
