@@ -169,6 +169,7 @@ class Retrieved:
 
 class Retriever:
     def __init__(self, registry: Registry, classifier: FunctionClassifier | None = None) -> None:
+        self.registry = registry
         groups: dict[str, list[FunctionSpec]] = defaultdict(list)
         for spec in registry.functions.values():
             groups[object_key(spec.name)].append(spec)

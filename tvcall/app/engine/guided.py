@@ -32,7 +32,16 @@ import torch
 
 from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.app.engine.decoder import NameTokens, Walk, choose
-from tvcall.app.engine.plan import NameSettings, arguments_schema, callable_candidates, load_act_threshold, load_calibration, run_retriever
+from tvcall.app.engine.plan import (
+    NameSettings,
+    apply_to_retriever,
+    arguments_schema,
+    callable_candidates,
+    load_act_threshold,
+    load_calibration,
+    settings_of,
+    use_run_retriever,
+)
 from tvcall.data import prompt as P
 from tvcall.functions.registry import Registry, default_registry
 from tvcall.functions.retrieve import Retriever
@@ -232,7 +241,7 @@ class GuidedEngine(Engine):
             return
         self.prompt_options = run.config().prompt_options
         if self.retriever is not None:
-            self.retriever = run_retriever(run, self.registry, log=lambda line: print(line, file=sys.stderr))
+            use_run_retriever(self.retriever, run, log=lambda line: print(line, file=sys.stderr))
         self.name_settings = load_calibration(run)
         self.act_threshold = load_act_threshold(run)
         self.use_tokenizer(load_tokenizer(run.model_source()))
@@ -244,14 +253,12 @@ class GuidedEngine(Engine):
 
     @property
     def name_settings(self) -> NameSettings:
-        sharpness, link = (self.retriever.object_sharpness, self.retriever.link_weight) if self.retriever is not None else (1.0, 0.0)
-        return NameSettings(self.null_bias, self.prior_weight, sharpness, link)
+        return settings_of(self.null_bias, self.prior_weight, self.retriever)
 
     @name_settings.setter
     def name_settings(self, settings: NameSettings) -> None:
         self.null_bias, self.prior_weight = settings.null_bias, settings.prior_weight
-        if self.retriever is not None:
-            self.retriever.object_sharpness, self.retriever.link_weight = settings.object_sharpness, settings.link_weight
+        apply_to_retriever(settings, self.retriever)
 
     @abstractmethod
     def generate(self, prompts: Sequence[Prompt], stages: Sequence[Stage]) -> list[Generation]:

@@ -16,7 +16,14 @@ import torch
 from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.app.engine.decoder import ConstrainedDecoder, Decoded, TransformersLM, common_prefix_length
 from tvcall.app.engine.fastlm import FastLlama
-from tvcall.app.engine.plan import NameSettings, load_act_threshold, load_calibration, run_retriever
+from tvcall.app.engine.plan import (
+    NameSettings,
+    apply_to_retriever,
+    load_act_threshold,
+    load_calibration,
+    settings_of,
+    use_run_retriever,
+)
 from tvcall.data.mentions import LexiconLinker
 from tvcall.data.prompt import prompt_ids
 from tvcall.functions.registry import Registry, default_registry
@@ -97,21 +104,19 @@ class TransformersEngine(Engine):
         del model  # the fast path holds its own copy: free this one before the classifier loads (the router's peak memory)
         release_freed_memory()
         if engine.retriever is not None:  # a registry beyond the run's: its new functions refit the classifier
-            engine.retriever = run_retriever(run, engine.registry, log=lambda line: print(line, file=sys.stderr))
+            use_run_retriever(engine.retriever, run, log=lambda line: print(line, file=sys.stderr))
         engine.name_settings = load_calibration(run)
         engine.act_threshold = load_act_threshold(run)
         return engine
 
     @property
     def name_settings(self) -> NameSettings:
-        sharpness, link = (self.retriever.object_sharpness, self.retriever.link_weight) if self.retriever is not None else (1.0, 0.0)
-        return NameSettings(self.decoder.null_bias, self.decoder.prior_weight, sharpness, link)
+        return settings_of(self.decoder.null_bias, self.decoder.prior_weight, self.retriever)
 
     @name_settings.setter
     def name_settings(self, settings: NameSettings) -> None:
         self.decoder.null_bias, self.decoder.prior_weight = settings.null_bias, settings.prior_weight
-        if self.retriever is not None:
-            self.retriever.object_sharpness, self.retriever.link_weight = settings.object_sharpness, settings.link_weight
+        apply_to_retriever(settings, self.retriever)
 
     def ready_schemas(self) -> float:
         """Compile (or load from the disk cache) every argument schema now, at start-up, rather than at a function's

@@ -60,15 +60,25 @@ def load_act_threshold(run: RunDir) -> float:
     return float(json.loads(path.read_text()).get("act_threshold", 0.0)) if path.exists() else 0.0
 
 
-def run_retriever(run: RunDir, registry: Registry, log: Callable[[str], None] = lambda _: None) -> Retriever:
-    """The retriever a run's model was trained with, over `registry`: the run's classifier, refitted for functions
-    new to the run (`tvcall.training.refresh`), with entity linking against the registry's lexicons."""
+def use_run_retriever(retriever: Retriever, run: RunDir, log: Callable[[str], None] = lambda _: None) -> None:
+    """Retrieve as the run's model was trained: the run's classifier, refitted for functions of the retriever's
+    registry new to the run (`tvcall.training.refresh`), with entity linking against the registry's lexicons."""
     from tvcall.training.refresh import refresh
 
-    retriever = Retriever(registry)
-    retriever.linker = LexiconLinker(registry).linked_objects
-    retriever.use_classifier(refresh(run, registry, log=log).classifier)
-    return retriever
+    if retriever.linker is None:
+        retriever.linker = LexiconLinker(retriever.registry).linked_objects
+    retriever.use_classifier(refresh(run, retriever.registry, log=log).classifier)
+
+
+def settings_of(null_bias: float, prior_weight: float, retriever: Retriever | None) -> NameSettings:
+    """An engine's name settings: the decoder's bias and weight, the retriever's sharpness and link weight."""
+    sharpness, link = (retriever.object_sharpness, retriever.link_weight) if retriever is not None else (1.0, 0.0)
+    return NameSettings(null_bias, prior_weight, sharpness, link)
+
+
+def apply_to_retriever(settings: NameSettings, retriever: Retriever | None) -> None:
+    if retriever is not None:
+        retriever.object_sharpness, retriever.link_weight = settings.object_sharpness, settings.link_weight
 
 
 def callable_candidates(registry: Registry, text: str, candidates: Sequence[str]) -> list[str]:
