@@ -137,7 +137,7 @@ def _backend_engine(args: argparse.Namespace):  # noqa: ANN202 - lazy imports ke
 
 def _add_registry_arg(p: argparse.ArgumentParser, where: str = "") -> None:
     p.add_argument("--registry", metavar="NAME|DIR", help="route over this registry instead of the run's own: a shipped one "
-                   "(full: 3,153 functions) or a catalog folder; functions new to the run refit its classifier at start-up, "
+                   "(full: 3,156 functions) or a catalog folder; functions new to the run refit its classifier at start-up, "
                    "not the model" + where)
 
 
@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(route, eval and serve with --registry do the same at start-up)")
     p.add_argument("--json", action="store_true", help="stats as one JSON line")
     p.add_argument("--catalog", help="catalog folder (default: the shipped registry named by --registry)")
-    p.add_argument("--registry", default="core", help="core (1,325 functions), full (3,153) or a catalog folder")
+    p.add_argument("--registry", default="core", help="core (1,328 functions), full (3,156) or a catalog folder")
     p.add_argument("--run", default=DEFAULT_RUN, help="refresh: the run folder")
     p.add_argument("--lang", default="en", choices=["zh", "en"], help="description language for `tools`")
     p.add_argument("--domain", help="only this domain for `tools`")
@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = actions.add_parser("synth", help="train/dev/test synthesised from the shipped registry")
     q.add_argument("--out", default=DEFAULT_DATA)
     q.add_argument("--registry", choices=REGISTRY_NAMES, default="core",
-                   help="core: the shipped catalog (1,325 functions); full: with catalog_extra (3,153), written into OUT")
+                   help="core: the shipped catalog (1,328 functions); full: with catalog_extra (3,156), written into OUT")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--train-size", type=int, default=20000)
     q.add_argument("--dev-size", type=int, default=200)

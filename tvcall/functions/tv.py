@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from tvcall.functions.inverse import inverse_calls
 from tvcall.functions.registry import Registry
 from tvcall.functions.spec import FunctionSpec
 from tvcall.functions.validate import call_errors
@@ -29,6 +30,7 @@ READ_ONLY_PREFIXES = ("get", "list", "query", "show", "find", "check", "about", 
 LEVEL_DEFAULTS: dict[str, int] = {"sound.volume": 20, "sound.headphone_volume": 20, "sound.startup_volume": 20}
 FALLBACK_BOUNDS = (0, 100)
 HISTORY_LIMIT = 50
+UNMUTE_TIMER = "unmute_timer"
 SOURCES_IN_ORDER = ("antenna", "cable", "hdmi1", "hdmi2", "hdmi3", "hdmi4", "av", "component", "usb", "vga")
 
 
@@ -54,6 +56,8 @@ class CallResult(BaseModel):
     name: str
     message: str = Field(description="what was done, in the request's language")
     data: dict[str, Any] = Field(default_factory=dict, description="values read or changed")
+    undo: list[dict[str, Any]] = Field(default_factory=list, description="the calls that take this one back, in order "
+                                       "(empty: it changed nothing, or nothing can restore it)")
 
 
 class Family(BaseModel):
@@ -96,9 +100,12 @@ class SimulatedTV:
         with self._lock:
             if not name.startswith(("power.tv.", "smarthome.", "info.")):
                 self.state.power = "on"  # a far-field voice command wakes the TV
+            before = self.state.model_copy(deep=True)
             data = self._run(spec, arguments)
+            undo = inverse_calls(self, name, arguments, before)
             self.state.history = [*self.state.history, {"name": name, "arguments": arguments}][-HISTORY_LIMIT:]
-        return CallResult(name=name, message=spec.description.forms(lang)[0], data=data)
+        return CallResult(name=name, message=spec.description.forms(lang)[0], data=data,
+                          undo=[{"name": n, "arguments": a} for n, a in undo])
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -172,6 +179,8 @@ class SimulatedTV:
         else:
             value = {"set": arguments.get("value"), "reset": self.default(key), "turn_on": True, "turn_off": False}[verb]
         self.state.settings[key + scope] = value
+        if key == "sound.mute" and value is False:  # unmuted by hand: mute_for's timer has nothing left to do
+            self.state.timers = {k: v for k, v in self.state.timers.items() if k != UNMUTE_TIMER}
         return {"setting": key + scope, "previous": current, "value": value}
 
     def reset_settings(self, domain: str) -> dict[str, Any]:
@@ -253,7 +262,7 @@ def named_handlers(tv: SimulatedTV) -> dict[str, Callable[[dict[str, Any]], dict
         "playback.media.seek_forward": lambda a: seek(a["seconds"]),
         "playback.media.seek_backward": lambda a: seek(-a["seconds"]),
         "playback.media.seek_to": lambda a: update(position_s=a["minute"] * 60 + a.get("second", 0)),
-        "sound.volume.mute_for": lambda a: {**set_timer("unmute_timer", a), **tv._run(tv.registry["sound.mute.turn_on"], {})},
+        "sound.volume.mute_for": lambda a: {**set_timer(UNMUTE_TIMER, a), **tv._run(tv.registry["sound.mute.turn_on"], {})},
         "system.device.factory_reset": lambda a: tv.factory_reset(),
     }
     for timer in ("sleep_timer", "off_timer", "wake_timer"):

@@ -24,7 +24,8 @@ from tvcall.app.demo.asr import LANGS, AudioError, Transcript, load_model, trans
 from tvcall.app.demo.review import Draft, ReviewDesk, highlights
 from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.app.serve.api_models import MAX_TEXT_CHARS, check_text
-from tvcall.app.serve.router import RouterConfig, RouterState, execute, guess_lang, route_text
+from tvcall.app.serve.router import RouterConfig, RouterState, dialog_reply, execute_in, guess_lang, route_text
+from tvcall.app.serve.sessions import DIALOG_FUNCTIONS
 from tvcall.data.grounding import value_surfaces  # the forms eval uses to locate a value in the text
 from tvcall.functions.spec import FunctionSpec
 
@@ -114,6 +115,9 @@ def tv_panel(state: RouterState, executed: int) -> str:
             f'<div class="bar"><div style="width:{percent:.0f}%"></div></div><table>{table}</table><ul>{settings}</ul></div>')
 
 
+DEMO_SESSION = "demo"  # one TV, one conversation: "撤销" and "确定" act on the page's last call
+
+
 class Demo:
     """The demo's logic, independent of Gradio: one simulated TV and one router state shared by all users."""
 
@@ -171,7 +175,7 @@ class Demo:
         if pending is None:
             return "Nothing to confirm (the request expired or was already handled)."
         await self._started()
-        result = await execute(self.state, pending.name, pending.arguments, lang)
+        result = await execute_in(self.state, self.state.sessions.get(DEMO_SESSION), pending.name, pending.arguments, lang)
         self.executed += 1
         return f"Confirmed and ran `{pending.name}`: {result.get('message', '')}"
 
@@ -197,14 +201,21 @@ class Demo:
             outcome.status = (f"Not sure enough to run `{spec.name}` (confidence {result.confidence:.3f}, under "
                               f"{self.state.act_threshold:.3f}). Did you mean " + ", ".join(f"`{n}`" for n in asked) + "?")
             return
+        session = self.state.sessions.get(DEMO_SESSION)
+        if spec.name in DIALOG_FUNCTIONS:
+            done = await dialog_reply(self.state, session, spec.name, lang)
+            if done["ok"] and done["name"] not in DIALOG_FUNCTIONS:  # a confirmed call ran
+                self.executed += 1
+            outcome.status = f"`{spec.name}`: {done['message']}"
+            return
         if spec.risk == "confirm":
-            outcome.pending = self.state.confirmations.hold(spec.name, result.arguments)
+            outcome.pending = session.pending_token = self.state.confirmations.hold(spec.name, result.arguments)
             self._langs[outcome.pending] = lang
             outcome.question = f"⚠️ **{spec.description.forms(lang)[0]}** (`{spec.name}`) is a risky action. Run it?"
             outcome.status = f"`{spec.name}` waits for your confirmation."
             return
         try:
-            done = await execute(self.state, spec.name, result.arguments, lang)
+            done = await execute_in(self.state, session, spec.name, result.arguments, lang)
         except (HTTPException, ValueError) as exc:
             outcome.status = f"`{spec.name}` could not run: {getattr(exc, 'detail', exc)}"
             return

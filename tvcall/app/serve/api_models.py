@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from tvcall.app.serve.sessions import SESSION_ID_PATTERN
+
 MAX_TEXT_CHARS = 512  # a TV command is a sentence; the prompt-token limit is checked by the batcher
 TEXT_PATTERN = r"\S"  # at least one non-space character
 
@@ -54,6 +56,9 @@ class RouteRequest(Strict):
     text: Text
     lang: Lang | None = Field(default=None, description="language of messages in `result` (default: guessed from the text)")
     execute: bool = Field(default=False, description="run the call on the TV; risky calls need /v1/confirm")
+    session: str | None = Field(default=None, pattern=SESSION_ID_PATTERN,
+                                description="a conversation's id (letters, digits, `._:-`, at most 64): with `execute`, "
+                                "its calls can be undone and its held risky call confirmed by voice (\"确定\", \"undo that\")")
 
 
 REQUEST_ID_PATTERN = r"^(req|chatcmpl)-[0-9a-f]{32}$"
@@ -142,8 +147,22 @@ class UserMessage(ContentParts):
     content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | Annotated[list[UserContentPart], Field(max_length=4)]
 
 
+class EarlierCall(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str = Field(max_length=128)
+    arguments: str = Field(default="{}", max_length=4096)
+
+
+class EarlierToolCall(BaseModel):
+    """A call the assistant made earlier in the conversation: its name must be a registered function."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    function: EarlierCall
+
+
 class OtherMessage(ContentParts):
     role: Literal["system", "developer", "assistant", "tool", "function"]
+    tool_calls: Annotated[list[EarlierToolCall], Field(max_length=16)] | None = None
 
 
 ChatMessage = Annotated[UserMessage | OtherMessage, Field(discriminator="role")]

@@ -8,6 +8,7 @@ import time
 
 from tvcall.app.engine.base import RouteResult
 from tvcall.app.serve.api_models import AssistantMessage, ChatRequest, ChatResponse, Choice, ToolCall, ToolFunction, Usage
+from tvcall.functions.registry import Registry
 
 NO_FUNCTION_REPLY = "No TV function matches this request."
 
@@ -18,6 +19,14 @@ def user_text(request: ChatRequest) -> str:
         if message.role == "user":
             return message.text()
     return ""
+
+
+def context_errors(request: ChatRequest, registry: Registry) -> list[str]:
+    """Earlier tool calls of the conversation that name no registered function, each with where it is."""
+    return [f"messages[{i}].tool_calls[{j}].function.name: unknown function {call.function.name!r}"
+            for i, message in enumerate(request.messages) if message.role == "assistant"
+            for j, call in enumerate(getattr(message, "tool_calls", None) or [])
+            if call.function.name not in registry.functions]
 
 
 def allowed_names(request: ChatRequest) -> set[str] | None:

@@ -4,7 +4,8 @@
 uvicorn. Endpoints:
 
 - `POST /v1/route` — route a text; with `execute` run the call if its confidence reaches the act threshold (else
-  `needs_clarification` with candidates; risky ones wait for `/v1/confirm`);
+  `needs_clarification` with candidates; risky ones wait for `/v1/confirm`, or for "确定" in the same `session`,
+  where "撤销" / "undo that" runs the inverse of the session's last call);
 - `POST /v1/confirm` — run a held risky call by its token;
 - `POST /v1/feedback` — the client says an answer was wrong, or gives the right call (kept in the traffic log);
 - `POST /v1/chat/completions` — OpenAI-compatible, the call as `tool_calls`;
@@ -48,12 +49,13 @@ from tvcall.app.serve.api_models import (
     check_text,
 )
 from tvcall.app.serve.batcher import Batcher, QueueFull, TextTooLong
-from tvcall.app.serve.dispatch import Confirmations, Dispatcher, WebhookError
+from tvcall.app.serve.dispatch import TV_TARGET, Confirmations, Dispatcher, WebhookError
 from tvcall.app.serve.http_errors import ERRORS, GET_ERRORS, install_error_handlers
 from tvcall.app.serve.metrics import Metrics, RequestMetrics
 from tvcall.app.serve.security import BodyLimit, escape_for_log, require_token
+from tvcall.app.serve.sessions import CANCEL, DIALOG_FUNCTIONS, UNDO, DoneCall, Session, Sessions, reply
 from tvcall.app.serve.traffic import Answered, TrafficLog, UnknownRequest, new_request_id
-from tvcall.functions.tv import SimulatedTV
+from tvcall.functions.tv import CallResult, SimulatedTV
 from tvcall.functions.validate import call_errors
 
 log = logging.getLogger("tvcall.router")
@@ -64,11 +66,13 @@ CLARIFY_CANDIDATES = 3  # functions offered when the router asks instead of acti
 class RouterConfig(BaseModel):
     token: SecretStr | None = Field(default=None, description="bearer token required on every endpoint but /healthz")
     max_body_bytes: int = Field(default=16 * 1024, gt=0)
-    max_chat_body_bytes: int = Field(default=1024 * 1024, gt=0, description="chat requests carry `tools` (all 1,324: ~350 KB)")
+    max_chat_body_bytes: int = Field(default=1024 * 1024, gt=0, description="chat requests carry `tools` (all 1,328: ~350 KB)")
     timeout_s: float = Field(default=10.0, gt=0, description="per request: queue wait plus routing")
     max_batch: int = Field(default=16, ge=1)
     max_queue: int = Field(default=64, ge=1)
     confirm_ttl_s: float = Field(default=120.0, gt=0)
+    session_ttl_s: float = Field(default=300.0, gt=0, description="a session idle this long is forgotten")
+    max_sessions: int = Field(default=10_000, ge=1, description="the least recently used sessions make room beyond it")
     webhooks: dict[str, str] = Field(default_factory=dict, description="domain → URL that executes its calls")
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     traffic: str | None = Field(default=None, description="SQLite file of the traffic log (None: nothing is logged)")
@@ -87,6 +91,7 @@ class RouterState:
         self.tv = tv or SimulatedTV(self.registry)
         self.dispatcher = Dispatcher(self.tv, config.webhooks, config.webhook_timeout_s)
         self.confirmations = Confirmations(config.confirm_ttl_s)
+        self.sessions = Sessions(config.session_ttl_s, config.max_sessions)
         self.act_threshold = engine.act_threshold if config.act_threshold is None else config.act_threshold
         self.traffic = TrafficLog(Path(config.traffic), config.run, config.data_version) if config.traffic else None
 
@@ -102,8 +107,8 @@ class RouterState:
         if self.traffic is not None and not await self.traffic.record(answered):
             self.metrics.errors.labels("traffic_log").inc()
 
-    async def log_outcome(self, request_id: str | None, confirmation: str) -> None:
-        if self.traffic is not None and request_id is not None and not await self.traffic.mark(request_id, True, confirmation):
+    async def log_outcome(self, request_id: str | None, confirmation: str, executed: bool = True) -> None:
+        if self.traffic is not None and request_id is not None and not await self.traffic.mark(request_id, executed, confirmation):
             self.metrics.errors.labels("traffic_log").inc()
 
 
@@ -143,22 +148,28 @@ def build_api(state: RouterState) -> APIRouter:
     async def route(body: RouteRequest) -> RouteResponse:
         started = time.perf_counter()
         result = await route_text(state, body.text)
+        lang = body.lang or guess_lang(body.text)
+        session = state.sessions.get(body.session) if body.session else None
         spec = state.registry[result.name] if result.name else None
         response = RouteResponse(id=new_request_id("req"), name=result.name, arguments=result.arguments,
                                  confidence=result.confidence, latency_ms=0.0, risky=bool(spec and spec.risk == "confirm"))
         confirmation = None
         if body.execute and spec is not None and (asked := state.clarification(result)):
             response.needs_clarification, response.candidates = True, asked
+        elif body.execute and spec is not None and spec.name in DIALOG_FUNCTIONS:
+            response.result = await dialog_reply(state, session, spec.name, lang)
         elif body.execute and spec is not None:
             if response.risky:
                 response.needs_confirmation, confirmation = True, "held"
                 response.confirmation_token = state.confirmations.hold(spec.name, result.arguments, response.id)
                 response.expires_in_s = state.config.confirm_ttl_s
                 state.metrics.confirmations.labels("held").inc()
+                if session is not None:
+                    session.pending_token = response.confirmation_token
             else:
-                response.result = await execute(state, spec.name, result.arguments, body.lang or guess_lang(body.text))
+                response.result = await execute_in(state, session, spec.name, result.arguments, lang)
         response.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        await state.log(Answered(response.id, "/v1/route", body.text, body.lang or guess_lang(body.text), response.name,
+        await state.log(Answered(response.id, "/v1/route", body.text, lang, response.name,
                                  response.arguments, response.confidence, response.latency_ms,
                                  executed=response.result is not None, confirmation=confirmation))
         return response
@@ -195,6 +206,8 @@ def build_api(state: RouterState) -> APIRouter:
 
     @api.post(CHAT_PATH, response_model=ChatResponse, response_model_exclude_none=True, responses=ERRORS)
     async def chat_completions(body: ChatRequest) -> ChatResponse:
+        if errors := openai_compat.context_errors(body, state.registry):
+            raise HTTPException(422, "; ".join(errors))
         text = openai_compat.user_text(body)
         if not text.strip():  # nothing asked: no function
             return openai_compat.chat_response(body, RouteResult(None, {}, 1.0, 0.0, raw=""))
@@ -240,6 +253,47 @@ async def execute(state: RouterState, name: str, arguments: dict[str, Any], lang
         raise HTTPException(502, str(exc)) from None
     state.metrics.executions.labels(name.split(".")[0], target).inc()
     log.info("executed %s on %s", name, target)
+    return result
+
+
+async def execute_in(state: RouterState, session: Session | None, name: str, arguments: dict[str, Any],
+                     lang: str) -> dict[str, Any]:
+    """Execute, and remember the call in the session with what takes it back (known for the TV's own calls only)."""
+    result = await execute(state, name, arguments, lang)
+    if session is not None:
+        undo = result.get("undo", []) if state.dispatcher.target(name) == TV_TARGET else []
+        session.calls.append(DoneCall(name, dict(arguments), undo))
+    return result
+
+
+async def dialog_reply(state: RouterState, session: Session | None, name: str, lang: str) -> dict[str, Any]:
+    """What confirm, cancel or undo does in the session: the confirmed call's result, or a reply saying what was
+    done or why nothing was."""
+    def said(key: str, ok: bool = False, about: str = "", **data: Any) -> dict[str, Any]:
+        return CallResult(ok=ok, name=name, message=reply(key, lang, name=about), data=data).model_dump()
+
+    if session is None:
+        return said("no_session")
+    if name == UNDO:
+        if not session.calls:
+            return said("nothing_done")
+        last = session.calls[-1]
+        if not last.undo:
+            return said("irreversible", about=last.name)
+        session.calls.pop()
+        done = [await execute(state, call["name"], call["arguments"], lang) for call in last.undo]
+        return said("undone", ok=True, about=last.name, undone={"name": last.name, "arguments": last.arguments}, calls=done)
+    pending = state.confirmations.take(session.pending_token) if session.pending_token else None
+    session.pending_token = None
+    if pending is None:
+        return said("nothing_pending")
+    if name == CANCEL:
+        state.metrics.confirmations.labels("cancelled").inc()
+        await state.log_outcome(pending.request_id, "cancelled", executed=False)
+        return said("cancelled", ok=True, about=pending.name)
+    state.metrics.confirmations.labels("confirmed").inc()
+    result = await execute_in(state, session, pending.name, pending.arguments, lang)
+    await state.log_outcome(pending.request_id, "confirmed")
     return result
 
 
