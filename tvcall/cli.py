@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,17 +49,21 @@ def cmd_registry(args: argparse.Namespace) -> None:
 
 
 def _refresh(run: RunDir, registry: Any) -> None:
-    """`tvcall registry refresh`: refit the run's function classifier for the registry's new functions now."""
-    from tvcall.training.refresh import refresh
+    """`tvcall registry refresh`: grow the run's function classifier for the registry's new functions now, and
+    choose their names' boost with the run's model."""
+    from tvcall.app.engine.hf_engine import TransformersEngine
 
-    done = refresh(run, registry, log=lambda line: print(line, file=sys.stderr))
-    if done.classifier is None:
+    started = time.perf_counter()
+    done = TransformersEngine.from_run(run.path, registry).refreshed
+    if done is None or done.classifier is None:
         print(f"{run.path} has no function classifier: nothing to refit (the name trie is built from the registry)")
     elif not done.new_functions:
         print(f"nothing new: the run knows all {len(registry)} functions")
     else:
-        how = f"refitted on {done.synthesised} synthesised utterances" if done.synthesised else "refitted before"
-        print(f"{len(done.new_functions)} new functions of {len(registry)}: {how}, {done.seconds:.1f} s -> {done.path}")
+        how = f"fitted on {done.synthesised} synthesised utterances" if done.synthesised else "fitted before"
+        seconds = time.perf_counter() - started
+        print(f"{len(done.new_functions)} new functions of {len(registry)}: classifier {how} in {done.seconds:.1f} s, "
+              f"new names' boost {done.unseen_boost:g}; {seconds:.1f} s with the model's load -> {done.path}")
 
 
 def cmd_data(args: argparse.Namespace) -> None:

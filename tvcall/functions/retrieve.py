@@ -120,8 +120,19 @@ class FunctionClassifier:
     def fit(cls, texts: Sequence[str], labels: Sequence[str], seed: int = 0) -> FunctionClassifier:
         vectorizer = char_ngrams()
         features = vectorizer.fit_transform(texts)
-        model = SGDClassifier(loss="log_loss", alpha=1e-5, max_iter=8, tol=None, random_state=seed, n_jobs=2)
-        return cls.from_sklearn(vectorizer, model.fit(features, list(labels)))
+        return cls.from_sklearn(vectorizer, _sgd(seed).fit(features, list(labels)))
+
+    def extended(self, texts: Sequence[str], labels: Sequence[str], new_labels: Sequence[str], seed: int = 0) -> FunctionClassifier:
+        """This classifier with columns for `new_labels`, each fitted one-vs-rest on (texts, labels) over this
+        classifier's n-grams; its own columns are kept as they are, so its known labels score as before."""
+        new = set(new_labels)
+        rest = "\x00rest"  # every other label: the negatives of the new columns
+        model = _sgd(seed).fit(self.vectorizer.transform(texts), [label if label in new else rest for label in labels])
+        keep = [i for i, label in enumerate(model.classes_) if label != rest]
+        return FunctionClassifier(
+            self.vectorizer, [*self.labels, *[str(model.classes_[i]) for i in keep]],
+            np.concatenate([self._weights.astype(np.float32), model.coef_[keep].T], axis=1),
+            np.concatenate([self._intercept, model.intercept_[keep]]))
 
     @classmethod
     def from_sklearn(cls, vectorizer: TfidfVectorizer, model: SGDClassifier) -> FunctionClassifier:
@@ -146,6 +157,11 @@ class FunctionClassifier:
         if isinstance(saved, tuple):  # runs saved before: (vectorizer, sklearn model)
             return cls.from_sklearn(*saved)
         return cls(saved["vectorizer"], saved["labels"], saved["weights"], saved["intercept"])
+
+
+def _sgd(seed: int) -> SGDClassifier:
+    """The classifier's head: logistic regression by SGD, one-vs-rest over the labels."""
+    return SGDClassifier(loss="log_loss", alpha=1e-5, max_iter=8, tol=None, random_state=seed, n_jobs=2)
 
 
 def _logsumexp(values: np.ndarray) -> float:
@@ -181,6 +197,10 @@ class Retriever:
         self.object_sharpness = 1.0  # the object ranking's scores are multiplied by it in the prior (calibrated on dev)
         self.linker: Callable[[str], frozenset[str]] | None = None  # the objects an utterance's mentions link to
         self.link_weight = 0.0  # added to a linked object's score (calibrated on dev; 0: linking off)
+        # Functions added after the run was trained: their log prior gains `unseen_boost` against the model's
+        # preference for the names it was trained on (chosen when the registry is refreshed)
+        self.unseen: frozenset[str] = frozenset()
+        self.unseen_boost = 0.0
         self.use_classifier(classifier)
 
     def use_classifier(self, classifier: FunctionClassifier | None) -> None:
@@ -232,6 +252,9 @@ class Retriever:
             for name, value in zip(self.functions[key], within, strict=True):
                 prior[name] = log_some + float(log_object) + float(value)
             start += len(self.functions[key])
+        if self.unseen_boost and self.unseen.intersection(functions):
+            boosted = np.array([prior[n] + (self.unseen_boost if n in self.unseen else 0.0) for n in functions])
+            prior.update(zip(functions, (boosted - _logsumexp(boosted) + log_some).tolist(), strict=True))  # P(none) stays
         return prior
 
     def retrieve(self, text: str, k: int, must_include: str | None = None) -> Retrieved:

@@ -16,6 +16,7 @@ import torch
 from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.app.engine.decoder import ConstrainedDecoder, Decoded, TransformersLM, common_prefix_length
 from tvcall.app.engine.fastlm import FastLlama
+from tvcall.app.engine.growth import choose_unseen_boost
 from tvcall.app.engine.plan import (
     NameSettings,
     apply_to_retriever,
@@ -31,6 +32,7 @@ from tvcall.functions.retrieve import Retrieved, Retriever
 from tvcall.functions.validate import call_errors
 from tvcall.model.load import cpu_bf16_native, load_run_model
 from tvcall.run import DEFAULT_RUN_DIR, DEFAULT_TOP_OBJECTS, RunDir
+from tvcall.training.refresh import Refresh
 
 MAX_PROMPT_TOKENS = 384  # the fast path's cache holds 512 tokens: room for the longest answer after the prompt
 FAST_BATCH = 16  # sequences the fast path decodes together: the router batches up to 16 requests
@@ -50,6 +52,7 @@ class TransformersEngine(Engine):
                  dtype: torch.dtype | None = None, prompt_options: bool = True, int8: bool = True) -> None:
         self.registry = registry or default_registry()
         self.top_objects = top_objects
+        self.refreshed: Refresh | None = None  # what a registry grown past the run refitted (`from_run`)
         self.prompt_options = prompt_options  # as the model was trained: retrieved objects listed in the prompt
         self.max_prompt_tokens = MAX_PROMPT_TOKENS
         self.retriever = (retriever or Retriever(self.registry)) if top_objects else None
@@ -103,10 +106,16 @@ class TransformersEngine(Engine):
                      prompt_options=config.prompt_options)  # retrieval as the model was trained
         del model  # the fast path holds its own copy: free this one before the classifier loads (the router's peak memory)
         release_freed_memory()
-        if engine.retriever is not None:  # a registry beyond the run's: its new functions refit the classifier
-            use_run_retriever(engine.retriever, run, log=lambda line: print(line, file=sys.stderr))
         engine.name_settings = load_calibration(run)
         engine.act_threshold = load_act_threshold(run)
+        if engine.retriever is not None:  # a registry beyond the run's: its new functions grow the classifier
+            def log(line: str) -> None:
+                print(line, file=sys.stderr)
+
+            engine.refreshed = refreshed = use_run_retriever(engine.retriever, run, log=log)
+            if refreshed.new_functions and refreshed.unseen_boost is None:
+                choose_unseen_boost(lambda texts: [r.name for r in engine.route_batch(texts, name_only=True)],
+                                    engine.retriever, engine.top_objects, run, refreshed, log)
         return engine
 
     @property

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tvcall.data.grounding import said_keys, said_matches, says_required, values_of
 from tvcall.data.mentions import LexiconLinker
@@ -26,6 +26,9 @@ from tvcall.functions.registry import Registry
 from tvcall.functions.retrieve import Retriever
 from tvcall.functions.spec import FunctionSpec, strip_private_keywords
 from tvcall.run import RunDir
+
+if TYPE_CHECKING:
+    from tvcall.training.refresh import Refresh
 
 MAX_COPY_CHARS = 100  # longest string slot value copied from an utterance (SNIPS has playlist names of 99)
 
@@ -60,14 +63,18 @@ def load_act_threshold(run: RunDir) -> float:
     return float(json.loads(path.read_text()).get("act_threshold", 0.0)) if path.exists() else 0.0
 
 
-def use_run_retriever(retriever: Retriever, run: RunDir, log: Callable[[str], None] = lambda _: None) -> None:
-    """Retrieve as the run's model was trained: the run's classifier, refitted for functions of the retriever's
-    registry new to the run (`tvcall.training.refresh`), with entity linking against the registry's lexicons."""
+def use_run_retriever(retriever: Retriever, run: RunDir, log: Callable[[str], None] = lambda _: None) -> Refresh:
+    """Retrieve as the run's model was trained: the run's classifier, grown for functions of the retriever's
+    registry new to the run (`tvcall.training.refresh`) with their names' boost where one was chosen, and entity
+    linking against the registry's lexicons."""
     from tvcall.training.refresh import refresh
 
     if retriever.linker is None:
         retriever.linker = LexiconLinker(retriever.registry).linked_objects
-    retriever.use_classifier(refresh(run, retriever.registry, log=log).classifier)
+    refreshed = refresh(run, retriever.registry, log=log)
+    retriever.use_classifier(refreshed.classifier)
+    retriever.unseen, retriever.unseen_boost = frozenset(refreshed.new_functions), refreshed.unseen_boost or 0.0
+    return refreshed
 
 
 def settings_of(null_bias: float, prior_weight: float, retriever: Retriever | None) -> NameSettings:
