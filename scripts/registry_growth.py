@@ -1,6 +1,6 @@
 """New functions without retraining, measured: hold `--hold-out` functions of the shipped registry out of training
-entirely, train, then serve the whole registry (`--registry`), which grows only the function classifier (and chooses the new names' boost), and
-evaluate the held-out functions' test utterances.
+entirely, train, then serve the whole registry (`--registry`), which grows only the function classifier (and
+chooses the new names' boost), and evaluate the held-out functions' test utterances.
 
 1. Choose the held-out functions: whole catalog entries (a family of functions, or a one-off function) in a seeded
    order across every domain, until `--hold-out` functions.
