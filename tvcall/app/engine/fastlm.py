@@ -96,6 +96,7 @@ class FastLlama:
         if int8_rows and dtype not in (torch.bfloat16, torch.float16):
             raise ValueError(f"int8 decode weights need bf16 or fp16 activations, not {dtype}")
         self.int8_rows = int8_rows
+        self.exact_attention = False  # float64 attention, once the projections are int8 (`_attend`)
         if config.model_type not in ("llama", "qwen2"):
             raise ValueError(f"FastLlama runs llama/qwen2 models, not {config.model_type}")
         state = {k: v.detach() for k, v in model.state_dict().items()}
@@ -184,6 +185,7 @@ class FastLlama:
                 self.close(slot)
             ranges, self._input_ranges = self._input_ranges, None
             self._smooth(ranges, alpha)
+            self.exact_attention = True
             self._prefix_keys = self._prefix_values = None
             if self.prefix:
                 self._cache_prefix()  # with the smoothed fp32 weights: the values are in the smoothed scale
@@ -346,7 +348,7 @@ class FastLlama:
                 keys[row_index, :, positions] = k.transpose(1, 2)
                 values[row_index, :, positions] = v
                 cached_keys, cached_values = keys[rows, :, :span], values[rows, :, :span]
-            attn = F.scaled_dot_product_attention(q, cached_keys, cached_values, attn_mask=mask, enable_gqa=True)
+            attn = self._attend(q, cached_keys, cached_values, mask)
             x = x + project(attn.transpose(1, 2).reshape(batch, count, q_size), layer, "wo")
             h = self._rms(x, layer.ln2)
             gate, up = project(h, layer, "wgu").chunk(2, dim=-1)
@@ -357,6 +359,15 @@ class FastLlama:
             slot.length += len(run)
             slot.pending = []
         return list(hidden.split(keep))
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention; with int8 projections in float64, rounded back. A batch pads the keys to its longest sequence, so
+        the sums run in another order than one at a time, and an ulp of difference can move an int8 activation's
+        rounding, which grows through the layers; float64 sums round to the same float32 whatever the padding."""
+        if not self.exact_attention:
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return F.scaled_dot_product_attention(q.double(), keys.double(), values.double(), attn_mask=mask,
+                                              enable_gqa=True).to(q.dtype)
 
     def _int8_project(self, h: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         """h @ wᵀ through fbgemm, each row scaled to [-1, 1] by its largest magnitude. The kernel quantises the whole
