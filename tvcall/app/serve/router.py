@@ -171,7 +171,7 @@ def build_api(state: RouterState) -> APIRouter:
         response.latency_ms = round((time.perf_counter() - started) * 1000, 3)
         await state.log(Answered(response.id, "/v1/route", body.text, lang, response.name,
                                  response.arguments, response.confidence, response.latency_ms,
-                                 executed=response.result is not None, confirmation=confirmation))
+                                 executed=bool(response.result and response.result.get("ok", True)), confirmation=confirmation))
         return response
 
     @api.post("/v1/confirm", response_model=ConfirmResponse, responses={**ERRORS, 404: {"model": ErrorBody}})
