@@ -17,7 +17,8 @@ def test_synth_train_eval_route_end_to_end(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     _tvcall("data", "synth", "--out", str(data), "--train-size", "64", "--dev-size", "8", "--test-size", "12", cwd=tmp_path)
     manifest = json.loads((data / "manifest.json").read_text())
-    assert manifest["files"]["train"]["records"] == 64 and manifest["version"]
+    assert manifest["files"]["train"]["records"] - manifest["files"]["train"]["followups"] == 64 and manifest["version"]
+    assert manifest["files"]["followup-test"]["records"] == 8
 
     _tvcall("train", "--data", str(data), "--out", str(run), "--set", "num_train_examples=16",
             "--set", "per_device_train_batch_size=8", "--set", "logging_steps=1",

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tvcall.data.splits import ALL_SPLITS
 from tvcall.errors import BackendError, InputError
 from tvcall.run import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, RunDir
 
@@ -244,7 +245,7 @@ def build_compare_parser() -> argparse.ArgumentParser:
                                 "deltas (B - A) with a paired bootstrap's 95% CI and p-value; * marks p < 0.05.")
     p.add_argument("run_a", help="run folder A (the baseline), or one of its eval folders (RUN/eval-…)")
     p.add_argument("run_b", help="run folder B, or an eval folder (e.g. the same run with --catalogue none)")
-    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="compares RUN/eval-SPLIT/predictions.jsonl")
+    p.add_argument("--split", default="test", choices=ALL_SPLITS, help="compares RUN/eval-SPLIT/predictions.jsonl")
     p.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="compare on this dataset folder's split, as `tvcall eval --data` evaluated both runs "
@@ -478,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="`tvcall eval compare RUN_A RUN_B [--split S]` compares two runs' predictions (see its --help).")
     p.add_argument("--run", default=DEFAULT_RUN)
     p.add_argument("--data", help=f"dataset folder (default: the run's data_dir, else {DEFAULT_DATA})")
-    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.add_argument("--split", default="test", choices=ALL_SPLITS)
     _add_registry_arg(p, "; output in RUN/eval-SPLIT-REGISTRY")
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT, or RUN/eval-SPLIT-REGISTRY)")

@@ -93,6 +93,7 @@ class TrainSummary:
     data_registry: bool = False  # the data folder has its own registry (an imported benchmark)
     registry_functions: int | None = None
     train_examples: int | None = None
+    followup_examples: int = 0  # trained on follow-ups: routed texts may open with the previous call
     tokens: int | None = None
     steps: int = 0
     stopped_by_time_budget_at_step: int | None = None

@@ -101,11 +101,12 @@ def said_matches(spec: FunctionSpec, text: str, keys: Iterable[str] | None = Non
     return {k: grounded_matches(spec.properties[k], clean) for k in wanted if groundable(spec.properties[k])}
 
 
-def says_required(spec: FunctionSpec, text: str) -> bool:
-    """Whether `text` says a value for every required typed parameter of `spec` (numbers, enums, booleans): a call
-    whose required value the user never said could only be completed with an invented one. Runs for every
-    candidate of every request: only the required typed parameters are grounded, and none for most functions."""
-    required = [k for k in spec.required if groundable(spec.properties[k])]
+def says_required(spec: FunctionSpec, text: str, carried: Iterable[str] = ()) -> bool:
+    """Whether `text` says a value for every required typed parameter of `spec` (numbers, enums, booleans) that is
+    not `carried` from the previous call: a call whose required value the user never said could only be completed
+    with an invented one. Runs for every candidate of every request: only the required typed parameters are
+    grounded, and none for most functions."""
+    required = [k for k in spec.required if groundable(spec.properties[k]) and k not in set(carried)]
     return not required or all(said_matches(spec, text, required).values())
 
 

@@ -1,7 +1,9 @@
 """The one prompt renderer shared by training, eval and serving.
 
 The prompt is the base model's own chat template (system + user turn, generation prompt); the user turn
-carries the command and the candidate objects retrieved for it (`tvcall.functions.retrieve`). The answer is
+carries the command and the candidate objects retrieved for it (`tvcall.functions.retrieve`). In a conversation the
+command is preceded by a line with the previous call, in the answer's own JSON (`with_context`): a follow-up such as
+"那主演呢" reads its object and carried values from there. The answer is
 the call as JSON, `{"name": "dom.obj.act", "arguments": {...}}` or `{"name": null}`, tokenised segment by
 segment (`answer_segments`), so that the constrained decoder, which walks the same segments, produces
 exactly the token sequences the model was trained on.
@@ -27,6 +29,9 @@ SYSTEM_PROMPT = ""
 NAME_OPEN = '{"name":'
 ARGS_OPEN = ',"arguments":{'
 ARGS_CLOSE = "}}"
+
+
+CONTEXT_SEPARATOR = "\n"  # between the previous call's line and the command
 
 
 class Tokenizer(Protocol):
@@ -76,6 +81,25 @@ def answer_segments(name: str | None, arguments: dict[str, Any]) -> list[str]:
 
 def answer_text(name: str | None, arguments: dict[str, Any]) -> str:
     return "".join(answer_segments(name, arguments))
+
+
+def with_context(text: str, name: str, arguments: dict[str, Any]) -> str:
+    """The command as routed in a conversation: the previous call's answer line, then the command."""
+    return answer_text(name, arguments) + CONTEXT_SEPARATOR + text
+
+
+def split_context(text: str) -> tuple[dict[str, Any] | None, str]:
+    """(the previous call {"name", "arguments"} if `text` opens with one, the command)."""
+    line, separator, rest = text.partition(CONTEXT_SEPARATOR)
+    if not separator or not line.startswith(NAME_OPEN):
+        return None, text
+    try:
+        call = json.loads(line)
+    except json.JSONDecodeError:
+        return None, text
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not isinstance(call.get("arguments", {}), dict):
+        return None, text
+    return {"name": call["name"], "arguments": call.get("arguments", {})}, rest
 
 
 def segment_ids(tokenizer: Tokenizer, segment: str) -> list[int]:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tvcall.data.followups import FOLLOWUP_SPLITS, followup_kind, synthesize_followups
 from tvcall.data.record import Record, read_jsonl, write_atomic, write_jsonl
 from tvcall.data.synth import SPLITS, SynthConfig, build_splits
 from tvcall.errors import InputError
@@ -24,14 +25,15 @@ def _sha256(path: Path) -> str:
 def write_splits(registry: Registry, config: SynthConfig, out_dir: Path, registry_name: str = "core") -> dict[str, Any]:
     """The splits of `registry` (`registry_name` in `REGISTRIES`); any registry but the core one is written into the
     folder with them."""
-    splits = build_splits(registry, config)
+    splits = with_followups(registry, build_splits(registry, config), config)
     if registry_name != "core":
         copy_catalog(registry_name, out_dir)
     files: dict[str, Any] = {}
     for split, records in splits.items():
         path = out_dir / f"{split}.jsonl"
         write_jsonl(path, records)
-        files[split] = {"records": len(records), "out_of_scope": sum(r.function is None for r in records),
+        files[split] = {"records": len(records), "followups": sum(followup_kind(r) is not None for r in records),
+                        "out_of_scope": sum(r.function is None for r in records),
                         "functions": len({r.function for r in records if r.function}), "sha256": _sha256(path)}
     manifest = {"synth": dataclasses.asdict(config), "registry": registry.stats()["functions"], "files": files}
     if registry_name != "core":  # (core data keeps the version it had before registries had names)
@@ -39,6 +41,18 @@ def write_splits(registry: Registry, config: SynthConfig, out_dir: Path, registr
     manifest["version"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
     write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return manifest
+
+
+def with_followups(registry: Registry, splits: dict[str, list[Record]], config: SynthConfig) -> dict[str, list[Record]]:
+    """The single-command splits, with follow-ups added to train and in files of their own for dev and test."""
+    sizes = config.followup_sizes()
+    seen = {r.text for records in splits.values() for r in records}
+    made: dict[str, list[Record]] = {}
+    for split, size in sizes.items():
+        made[split] = synthesize_followups(registry, split, size, splits[split], config.seed, exclude=seen)
+        seen |= {r.text for r in made[split]}
+    return {**splits, "train": splits["train"] + made["train"],
+            **{FOLLOWUP_SPLITS[split]: made[split] for split in FOLLOWUP_SPLITS}}
 
 
 def copy_catalog(name: str, data_dir: Path) -> None:
@@ -62,10 +76,14 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+ALL_SPLITS = (*SPLITS, *FOLLOWUP_SPLITS.values())
+
+
 def read_split(data_dir: Path, split: str) -> list[Record]:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} ({', '.join(SPLITS)})")
+    if split not in ALL_SPLITS:
+        raise ValueError(f"unknown split {split!r} ({', '.join(ALL_SPLITS)})")
     path = data_dir / f"{split}.jsonl"
     if not path.exists():
-        raise InputError(path, None, "split", "missing: run `tvcall data synth` first")
+        hint = "it has no follow-ups: synthesise the data again" if split in FOLLOWUP_SPLITS.values() else "run `tvcall data synth` first"
+        raise InputError(path, None, "split", f"missing: {hint}")
     return list(read_jsonl(path))

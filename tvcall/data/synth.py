@@ -36,6 +36,13 @@ class SynthConfig:
     dev_size: int = 200
     test_size: int = 600
     oos_share: float = 0.05
+    # follow-ups (`tvcall.data.followups`), as shares of the single commands: training ones join the train split,
+    # dev and test ones have files of their own
+    followup_shares: tuple[float, float, float] = (0.15, 1.0, 2 / 3)
+
+    def followup_sizes(self) -> dict[str, int]:
+        sizes = (self.train_size, self.dev_size, self.test_size)
+        return {split: round(size * share) for split, size, share in zip(SPLITS, sizes, self.followup_shares, strict=True)}
 
 
 _FILLER_WORDS = {"please", "um", "so", "hmm", "the", "a", "an", "in", "for", "me", "bit", "little", "could", "can",

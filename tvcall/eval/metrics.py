@@ -18,6 +18,7 @@ import numpy as np
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from seqeval.metrics.sequence_labeling import get_entities
 
+from tvcall.data.followups import followup_kind
 from tvcall.data.grounding import value_surfaces
 from tvcall.data.record import Record
 from tvcall.functions.registry import Registry
@@ -123,6 +124,15 @@ def per_domain(records: list[Record], preds: list[Prediction], registry: Registr
         domain: score([records[i] for i in idx], [preds[i] for i in idx], registry)
         for domain, idx in sorted(groups.items())
     }
+
+
+def per_followup_kind(records: list[Record], preds: list[Prediction], registry: Registry) -> dict[str, dict[str, Any]]:
+    """Scores by follow-up kind (`tvcall.data.followups.followup_kind`); empty for a split without follow-ups."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        if (kind := followup_kind(record)) is not None:
+            groups[kind].append(index)
+    return {kind: score([records[i] for i in idx], [preds[i] for i in idx], registry) for kind, idx in sorted(groups.items())}
 
 
 SLOT_ERROR_KINDS = ("correct", "boundary", "type", "boundary_and_type", "missed", "extra")

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.data.record import Record, write_atomic
 from tvcall.eval.acting import acting_summary
-from tvcall.eval.metrics import Prediction, per_domain, score, slot_breakdown
+from tvcall.eval.metrics import Prediction, per_domain, per_followup_kind, score, slot_breakdown
 from tvcall.eval.plots import SLOT_TYPES_SHOWN, write_html_report
 from tvcall.eval.published import published_section
 
@@ -57,7 +57,8 @@ def _number(value: float | None, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def report_markdown(metrics: dict[str, Any], domains: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+def report_markdown(metrics: dict[str, Any], domains: dict[str, dict[str, Any]], meta: dict[str, Any],
+                    followups: dict[str, dict[str, Any]] | None = None) -> str:
     lines = ["# tvcall evaluation", ""]
     lines += [f"- {k}: `{v}`" for k, v in meta.items()]
     lines += ["", "| metric | value |", "|---|---|"]
@@ -66,6 +67,9 @@ def report_markdown(metrics: dict[str, Any], domains: dict[str, dict[str, Any]],
     for domain, m in domains.items():
         lines.append(f"| {domain} | {m['n']} | {m['function_accuracy']:.3f} | {m['slot_f1']:.3f} | {m['exact_match']:.3f} "
                      f"| {_number(m['latency_ms_p50'], 0)} |")
+    if followups:
+        lines += ["", "## By follow-up kind", "", "| kind | n | function acc | exact match |", "|---|---|---|---|"]
+        lines += [f"| {kind} | {m['n']} | {m['function_accuracy']:.3f} | {m['exact_match']:.3f} |" for kind, m in followups.items()]
     lines += _slot_sections(metrics)
     lines += published_section(meta.get("benchmark"), metrics)
     return "\n".join(lines) + "\n"
@@ -97,6 +101,7 @@ def evaluate(engine: Engine, records: list[Record], out_dir: Path, meta: dict[st
     metrics = (score(records, preds, engine.registry) | acting_summary(records, preds, engine.act_threshold)
                | slot_breakdown(records, preds, engine.registry))
     domains = per_domain(records, preds, engine.registry)
+    followups = per_followup_kind(records, preds, engine.registry)
     meta = {**meta, **routing, "eval_seconds": round(time.monotonic() - started, 1), "registry_functions": len(engine.registry)}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "predictions.jsonl", "".join(
@@ -105,7 +110,8 @@ def evaluate(engine: Engine, records: list[Record], out_dir: Path, meta: dict[st
                     "latency_ms": None if p.latency_ms is None else round(p.latency_ms, 2)}, ensure_ascii=False) + "\n"
         for r, p in zip(records, preds, strict=True)))
     path = out_dir / "metrics.json"
-    write_atomic(path, json.dumps({**metrics, "per_domain": domains, "meta": meta}, indent=1, ensure_ascii=False) + "\n")
-    write_atomic(out_dir / "report.md", report_markdown(metrics, domains, meta))
+    write_atomic(path, json.dumps({**metrics, "per_domain": domains, **({"per_followup_kind": followups} if followups else {}),
+                                   "meta": meta}, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(out_dir / "report.md", report_markdown(metrics, domains, meta, followups))
     write_html_report(out_dir)
     return path

@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -197,6 +198,9 @@ class Retriever:
         self.object_sharpness = 1.0  # the object ranking's scores are multiplied by it in the prior (calibrated on dev)
         self.linker: Callable[[str], frozenset[str]] | None = None  # the objects an utterance's mentions link to
         self.link_weight = 0.0  # added to a linked object's score (calibrated on dev; 0: linking off)
+        # How a routed text opens with the previous call in a conversation: (that call, the command). The format is
+        # the prompt renderer's (`tvcall.data.prompt.split_context`), which the engines hand in.
+        self.read_context: Callable[[str], tuple[dict[str, Any] | None, str]] = lambda text: (None, text)
         # Functions added after the run was trained: their log prior gains `unseen_boost` against the model's
         # preference for the names it was trained on (chosen when the registry is refreshed)
         self.unseen: frozenset[str] = frozenset()
@@ -215,10 +219,10 @@ class Retriever:
             self._label_columns = np.array([i for i, _ in labelled], dtype=int)
             self._label_objects = np.array([o for _, o in labelled], dtype=int)
 
-    def _object_scores(self, text: str, learned: np.ndarray | None) -> np.ndarray:
-        """BM25, plus (z-normalised) the classifier's score of each object's best function, plus `link_weight` for
-        each object the utterance's mentions link to."""
-        bm25 = self.index.get_scores(tokens(text))
+    def _object_scores(self, text: str, command: str, learned: np.ndarray | None) -> np.ndarray:
+        """BM25 of the `command`, plus (z-normalised) the classifier's score of each object's best function, plus
+        `link_weight` for each object the mentions of `text` (the previous call's included) link to."""
+        bm25 = self.index.get_scores(tokens(command))
         if learned is None:
             scores = bm25
         else:
@@ -258,17 +262,20 @@ class Retriever:
         return prior
 
     def retrieve(self, text: str, k: int, must_include: str | None = None) -> Retrieved:
-        """Top-k objects; `must_include` (training: the gold function) replaces the last one when missed."""
+        """Top-k objects; `must_include` (training: the gold function) replaces the last one when missed. In a
+        conversation the previous call's object is added when missed, and BM25 reads the command alone."""
+        context, command = self.read_context(text)
         learned = self.classifier.scores(text) if self.classifier is not None else None
-        scores = self._object_scores(text, learned)
-        top = [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
-        objects = [self.objects[i] for i in top]
+        scores = self._object_scores(text, command, learned)
+        objects = [self.objects[int(i)] for i in np.argsort(-scores, kind="stable")[:k]]
         if must_include is not None and object_key(must_include) not in objects:
             objects[-1] = object_key(must_include)
-        lang = language(text)
+        if context is not None and object_key(context["name"]) in self.index_of and object_key(context["name"]) not in objects:
+            objects.append(object_key(context["name"]))
+        lang = language(command)
         functions = [name for key in objects for name in self.functions[key]]
         return Retrieved(
-            objects=objects, scores=[float(scores[i]) for i in top], functions=functions,
+            objects=objects, scores=[float(scores[self.index_of[key]]) for key in objects], functions=functions,
             options=[f"{key} {self.labels[key, lang]}" for key in objects],
             prior=self._prior(learned, objects, functions, np.array([scores[self.index_of[key]] for key in objects]))
             if learned is not None else {},

@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
-from tvcall.data.prompt import PROMPT_FORMAT, training_example
+from tvcall.data.prompt import PROMPT_FORMAT, split_context, training_example
 from tvcall.data.record import Record, write_atomic
 from tvcall.data.splits import read_manifest, read_split
 from tvcall.errors import InputError
@@ -350,6 +350,7 @@ def train(config: RunConfig) -> Path:
     summary = TrainSummary(
         prompt_format=PROMPT_FORMAT, data_version="+".join(versions), data_registry=(data_dir / DATA_CATALOG_DIR).exists(),
         registry_functions=len(registry), train_examples=len(records),
+        followup_examples=sum(split_context(r.text)[0] is not None for r in records),
         tokens=int(sum(len(ids) for ids in dataset["input_ids"])),
         steps=trainer.state.global_step, stopped_by_time_budget_at_step=budget.stopped_at_step,
         train_minutes=round(minutes, 2), train_loss=result.training_loss,

@@ -36,6 +36,7 @@ class RouteResult:
 class Engine(ABC):
     registry: Registry
     act_threshold: float = 0.0  # the confidence a call needs to be executed, chosen on dev (0: every call acts)
+    follows_up: bool = False  # the model was trained on follow-ups: a conversation's text may open with its last call
 
     @abstractmethod
     def route(self, text: str) -> RouteResult: ...

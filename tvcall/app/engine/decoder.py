@@ -3,7 +3,8 @@
 The answer is decoded as the segments of `tvcall.data.prompt.answer_segments`: the name is chosen from a
 trie over every registered name (and `null`), then argument keys from the function's own parameters in
 schema order, then each value from a trie of what its schema allows: enum values, booleans, every integer
-within the bounds, and, for string slots, only spans of the utterance (a copy constraint). Tokens the
+within the bounds, and, for string slots, only spans of the utterance (a copy constraint) or, in a conversation, the
+previous call's value of the slot (`plan.copy_values`). Tokens the
 constraint forces (JSON punctuation, keys, the rest of a name once its prefix is unique) are fed to the model
 without asking it; the model only runs where there is a real choice. From the end of the name on, every token
 must also pass outlines' guide of the function's parameter schema (`tvcall.app.engine.schema_guide`).
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 from outlines_core import Guide
 
-from tvcall.app.engine.plan import argument_plan, callable_candidates, copied, free_occurrence, utterance_spans
+from tvcall.app.engine.plan import argument_plan, callable_candidates, copied, copy_values, free_occurrence, utterance_spans
 from tvcall.app.engine.schema_guide import GuideError, SchemaGuides, admitted, advance
 from tvcall.data import prompt as P
 from tvcall.data.words import word_boundaries
@@ -317,10 +318,10 @@ class ConstrainedDecoder:
             self._key_tries[cache_key] = self._trie(alternatives)
         return self._key_tries[cache_key]
 
-    def value_trie(self, schema: dict[str, Any], text: str, grounded: list[Any] | None = None,
-                   taken: tuple[tuple[int, int], ...] = ()) -> TokenTrie:
-        """What a value may be: `grounded` values when given, else all the schema allows (strings: spans of `text`
-        clear of the `taken` ranges)."""
+    def value_trie(self, schema: dict[str, Any], copies: Callable[[], list[str]], grounded: list[Any] | None = None,
+                   copy_key: tuple[Any, ...] = ()) -> TokenTrie:
+        """What a value may be: `grounded` values when given, else all the schema allows (strings: `copies`, called
+        on a cache miss only and cached under `copy_key`)."""
         values: Callable[[], list[Any]]  # called on a cache miss only: this is the hot path
         if grounded:
             key: tuple[Any, ...] = ("grounded", json.dumps(grounded))
@@ -332,8 +333,8 @@ class ConstrainedDecoder:
         elif schema.get("type") == "integer":
             low, high = schema["minimum"], schema["maximum"]
             key, values = ("integer", low, high), lambda: list(range(low, high + 1))
-        else:  # copied(schema, grounded); a required key with every word taken may overlap after all
-            key, values = ("copy", text, taken), lambda: utterance_spans(text, taken=taken) or utterance_spans(text)
+        else:  # copied(schema, grounded)
+            key, values = ("copy", *copy_key), copies
         if key not in self._value_tries:
             if key[0] in ("copy", "grounded") and len(self._value_tries) > 4096:
                 self._value_tries = {k: v for k, v in self._value_tries.items() if k[0] not in ("copy", "grounded")}
@@ -371,14 +372,16 @@ class ConstrainedDecoder:
                     break
                 position = props.index(key)
                 follow = self.key_trie(spec, position, available, filled).first_tokens()
-                value_trie = self.value_trie(spec.properties[key], text, said.get(key), tuple(taken))
+                copies = lambda key=key, taken=tuple(taken): copy_values(plan, key, taken)  # noqa: E731
+                value_trie = self.value_trie(spec.properties[key], copies, said.get(key),
+                                             (plan.command, tuple(taken), plan.carried.get(key)))
                 is_copy = copied(spec.properties[key], said.get(key))
                 value, lp = yield from choose(walk, value_trie, follow, drafts=is_copy and self.draft_copies)
                 logprob += lp
                 arguments[key] = value
-                if is_copy and (place := free_occurrence(text, value, taken)):
+                if is_copy and (place := free_occurrence(plan.command, value, taken)):
                     taken.append(place)
-                    if not utterance_spans(text, taken=taken):  # every word is in a value: no more copies
+                    if not utterance_spans(plan.command, taken=taken):  # every word is in a value: no more copies
                         available = frozenset(k for k in available if not copied(spec.properties[k], said.get(k)))
         if walk.guide is not None and not walk.guide.is_finished():
             raise GuideError(f"{name}: the call ended where the schema has not")

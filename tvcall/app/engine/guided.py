@@ -37,6 +37,7 @@ from tvcall.app.engine.plan import (
     apply_to_retriever,
     arguments_schema,
     callable_candidates,
+    conversational,
     load_act_threshold,
     load_calibration,
     settings_of,
@@ -225,7 +226,7 @@ class GuidedEngine(Engine):
     def __init__(self, registry: Registry | None = None, top_objects: int | None = DEFAULT_TOP_OBJECTS, copy_spans: bool = True) -> None:
         self.registry = registry or default_registry()
         self.top_objects = top_objects
-        self.retriever = Retriever(self.registry) if top_objects else None
+        self.retriever = conversational(Retriever(self.registry)) if top_objects else None
         self.copy_spans = copy_spans
         self.prompt_options = True  # as the served model was trained: retrieved objects listed in the prompt
         self.null_bias, self.prior_weight = 0.0, 0.0
@@ -244,6 +245,7 @@ class GuidedEngine(Engine):
             use_run_retriever(self.retriever, run, log=lambda line: print(line, file=sys.stderr))
         self.name_settings = load_calibration(run)
         self.act_threshold = load_act_threshold(run)
+        self.follows_up = run.summary().followup_examples > 0
         self.use_tokenizer(load_tokenizer(run.model_source()))
 
     def use_tokenizer(self, tokenizer: Any) -> None:

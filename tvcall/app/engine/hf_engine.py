@@ -20,6 +20,7 @@ from tvcall.app.engine.growth import choose_unseen_boost
 from tvcall.app.engine.plan import (
     NameSettings,
     apply_to_retriever,
+    conversational,
     load_act_threshold,
     load_calibration,
     settings_of,
@@ -55,7 +56,7 @@ class TransformersEngine(Engine):
         self.refreshed: Refresh | None = None  # what a registry grown past the run refitted (`from_run`)
         self.prompt_options = prompt_options  # as the model was trained: retrieved objects listed in the prompt
         self.max_prompt_tokens = MAX_PROMPT_TOKENS
-        self.retriever = (retriever or Retriever(self.registry)) if top_objects else None
+        self.retriever = conversational(retriever or Retriever(self.registry)) if top_objects else None
         if self.retriever is not None and self.retriever.linker is None:
             self.retriever.linker = LexiconLinker(self.registry).linked_objects
         self.tokenizer = tokenizer
@@ -108,6 +109,7 @@ class TransformersEngine(Engine):
         release_freed_memory()
         engine.name_settings = load_calibration(run)
         engine.act_threshold = load_act_threshold(run)
+        engine.follows_up = run.summary().followup_examples > 0
         if engine.retriever is not None:  # a registry beyond the run's: its new functions grow the classifier
             def log(line: str) -> None:
                 print(line, file=sys.stderr)

@@ -6,6 +6,9 @@
 - Arguments, per candidate (`ArgumentPlan`): typed values narrowed to what the utterance says, optional keys to
   those it can fill, keys whose value it says unambiguously made required, strings to its spans on word
   boundaries (`utterance_spans`).
+- In a conversation (`tvcall.data.prompt.split_context`) the previous call's values of the candidate's own
+  parameters may be carried over as they are; the plan reads the command alone for everything else, so a number
+  in the previous call is not taken for one the user said.
 
 The local decoder walks the plan as token tries (`tvcall.app.engine.decoder`); backends that take one constraint
 per request get it as JSON schemas (`arguments_schema`) and the same name decision replayed on the server's
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tvcall.data.grounding import said_keys, said_matches, says_required, values_of
 from tvcall.data.mentions import LexiconLinker
+from tvcall.data.prompt import split_context
 from tvcall.data.words import word_boundaries
 from tvcall.functions.registry import Registry
 from tvcall.functions.retrieve import Retriever
@@ -63,6 +67,12 @@ def load_act_threshold(run: RunDir) -> float:
     return float(json.loads(path.read_text()).get("act_threshold", 0.0)) if path.exists() else 0.0
 
 
+def conversational(retriever: Retriever) -> Retriever:
+    """The retriever, reading a routed text's previous call (in a conversation) as the prompt renderer writes it."""
+    retriever.read_context = split_context
+    return retriever
+
+
 def use_run_retriever(retriever: Retriever, run: RunDir, log: Callable[[str], None] = lambda _: None) -> Refresh:
     """Retrieve as the run's model was trained: the run's classifier, grown for functions of the retriever's
     registry new to the run (`tvcall.training.refresh`) with their names' boost where one was chosen, and entity
@@ -92,7 +102,8 @@ def callable_candidates(registry: Registry, text: str, candidates: Sequence[str]
     """The candidates `text` can call: those whose required typed values it says (`says_required`). A function left
     out could only be called with an invented value; its gold utterances say it (1 in 19,000 training utterances
     did not)."""
-    return [name for name in candidates if says_required(registry[name], text)]
+    context, command = split_context(text)
+    return [name for name in candidates if says_required(registry[name], command, carried_values(registry[name], context))]
 
 
 # --- arguments --------------------------------------------------------------------------------------------
@@ -101,13 +112,49 @@ class ArgumentPlan:
     said: dict[str, list[Any]]  # each typed key the utterance could ground → the values it says (may be none)
     available: frozenset[str]  # keys that may be filled: untyped ones and typed ones with a value said
     filled: frozenset[str]  # optional keys that must be filled: their value is said unambiguously
+    command: str  # the text values are copied from (without the previous call's line)
+    carried: dict[str, Any]  # the previous call's values of this function's parameters, which may be kept
+
+
+def carried_values(spec: FunctionSpec, context: dict[str, Any] | None) -> dict[str, Any]:
+    """The previous call's arguments that are parameters of `spec` with a value its schema allows."""
+    if context is None:
+        return {}
+    return {key: value for key, value in context["arguments"].items()
+            if key in spec.properties and fits(spec.properties[key], value)}
+
+
+def fits(schema: dict[str, Any], value: Any) -> bool:
+    kind = schema.get("type")
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool) and schema.get("minimum", value) <= value <= schema.get("maximum", value)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if "enum" in schema:
+        return value in schema["enum"]
+    return isinstance(value, str) and 0 < len(value) <= MAX_COPY_CHARS
 
 
 def argument_plan(spec: FunctionSpec, text: str) -> ArgumentPlan:
-    matches = said_matches(spec, text)
+    """What the command says for each parameter; a value carried from the previous call joins a typed key's said
+    values (a string key's copies, see `copy_values`), and makes its key available but never required."""
+    context, command = split_context(text)
+    matches = said_matches(spec, command)
     said = {key: values_of(found) for key, found in matches.items()}
+    carried = carried_values(spec, context)
+    for key, value in carried.items():
+        if key in said:
+            said[key] = list(dict.fromkeys([*said[key], value]))
     available = frozenset(key for key in spec.properties if key not in said or said[key])
-    return ArgumentPlan(said, available, said_keys(spec, matches))
+    return ArgumentPlan(said, available, said_keys(spec, matches), command, carried)
+
+
+def copy_values(plan: ArgumentPlan, key: str, taken: Sequence[tuple[int, int]] = ()) -> list[str]:
+    """What a copied string may be: spans of the command clear of the `taken` ranges (any span once every word is
+    taken: a required key may overlap after all), and the previous call's value of the key."""
+    spans = utterance_spans(plan.command, taken=taken) or utterance_spans(plan.command)
+    carried = plan.carried.get(key)
+    return spans if not isinstance(carried, str) or carried in spans else [*spans, carried]
 
 
 def copied(schema: dict[str, Any], grounded: list[Any] | None) -> bool:
@@ -123,14 +170,13 @@ def arguments_schema(spec: FunctionSpec, text: str | None = None) -> dict[str, A
     if text is None:
         return schema
     plan = argument_plan(spec, text)
-    spans = utterance_spans(text)
     properties: dict[str, Any] = {}
     for key, slot in schema.get("properties", {}).items():
         if key not in plan.available and key not in spec.required:
             continue
         if plan.said.get(key):
             slot = {**slot, "enum": plan.said[key]}
-        elif copied(slot, None) and spans:
+        elif copied(slot, None) and (spans := copy_values(plan, key)):
             slot = {**slot, "enum": spans}
         properties[key] = slot
     required = [key for key in properties if key in spec.required or key in plan.filled]

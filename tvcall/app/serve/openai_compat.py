@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from typing import Any
 
 from tvcall.app.engine.base import RouteResult
 from tvcall.app.serve.api_models import AssistantMessage, ChatRequest, ChatResponse, Choice, ToolCall, ToolFunction, Usage
@@ -21,12 +22,42 @@ def user_text(request: ChatRequest) -> str:
     return ""
 
 
+def earlier_calls(request: ChatRequest) -> list[tuple[str, ToolCall]]:
+    """The assistant's tool calls of the conversation, in order, each with where it is."""
+    return [(f"messages[{i}].tool_calls[{j}].function", call) for i, message in enumerate(request.messages)
+            if message.role == "assistant" for j, call in enumerate(getattr(message, "tool_calls", None) or [])]
+
+
+def call_arguments(call: ToolCall) -> dict[str, Any] | None:
+    """A tool call's arguments, None when they are not a JSON object."""
+    try:
+        arguments = json.loads(call.function.arguments or "{}")
+    except json.JSONDecodeError:
+        return None
+    return arguments if isinstance(arguments, dict) else None
+
+
 def context_errors(request: ChatRequest, registry: Registry) -> list[str]:
-    """Earlier tool calls of the conversation that name no registered function, each with where it is."""
-    return [f"messages[{i}].tool_calls[{j}].function.name: unknown function {call.function.name!r}"
-            for i, message in enumerate(request.messages) if message.role == "assistant"
-            for j, call in enumerate(getattr(message, "tool_calls", None) or [])
-            if call.function.name not in registry.functions]
+    """Earlier tool calls of the conversation that name no registered function or whose arguments are not a JSON
+    object, each with where it is."""
+    errors = []
+    for where, call in earlier_calls(request):
+        if call.function.name not in registry.functions:
+            errors.append(f"{where}.name: unknown function {call.function.name!r}")
+        elif call_arguments(call) is None:
+            errors.append(f"{where}.arguments: not a JSON object")
+    return errors
+
+
+def previous_call(request: ChatRequest) -> tuple[str, dict[str, Any]] | None:
+    """The conversation's last tool call before its last user message (the context of a follow-up)."""
+    last_user = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=-1)
+    calls = [call for i, message in enumerate(request.messages[:last_user]) if message.role == "assistant"
+             for call in getattr(message, "tool_calls", None) or []]
+    if not calls:
+        return None
+    arguments = call_arguments(calls[-1])
+    return (calls[-1].function.name, arguments) if arguments is not None else None
 
 
 def allowed_names(request: ChatRequest) -> set[str] | None:

@@ -5,10 +5,12 @@ uvicorn. Endpoints:
 
 - `POST /v1/route` — route a text; with `execute` run the call if its confidence reaches the act threshold (else
   `needs_clarification` with candidates; risky ones wait for `/v1/confirm`, or for "确定" in the same `session`,
-  where "撤销" / "undo that" runs the inverse of the session's last call);
+  where "撤销" / "undo that" runs the inverse of the session's last call); in a session a command is routed after
+  the session's last call, so "再大一点" or "那主演呢" follows it;
 - `POST /v1/confirm` — run a held risky call by its token;
 - `POST /v1/feedback` — the client says an answer was wrong, or gives the right call (kept in the traffic log);
-- `POST /v1/chat/completions` — OpenAI-compatible, the call as `tool_calls`;
+- `POST /v1/chat/completions` — OpenAI-compatible, the call as `tool_calls`; the conversation's last tool call is
+  the last user message's context;
 - `GET /v1/functions` — the registry as OpenAI `tools`, filterable by domain and text;
 - `GET /healthz`, `GET /metrics` (Prometheus).
 
@@ -55,6 +57,7 @@ from tvcall.app.serve.metrics import Metrics, RequestMetrics
 from tvcall.app.serve.security import BodyLimit, escape_for_log, require_token
 from tvcall.app.serve.sessions import CANCEL, DIALOG_FUNCTIONS, UNDO, DoneCall, Session, Sessions, reply
 from tvcall.app.serve.traffic import Answered, TrafficLog, UnknownRequest, new_request_id
+from tvcall.data.prompt import with_context
 from tvcall.functions.tv import CallResult, SimulatedTV
 from tvcall.functions.validate import call_errors
 
@@ -116,6 +119,14 @@ def guess_lang(text: str) -> str:
     return "zh" if any("\u3400" <= c <= "\u9fff" for c in text) else "en"
 
 
+def in_context(state: RouterState, text: str, previous: tuple[str, dict[str, Any]] | None) -> str:
+    """The text the engine routes: after the conversation's previous call when the model was trained on follow-ups."""
+    if previous is None or not state.engine.follows_up or previous[0] not in state.registry.functions:
+        return text
+    name, arguments = previous
+    return with_context(text, name, state.registry[name].in_parameter_order(arguments))
+
+
 async def route_text(state: RouterState, text: str) -> RouteResult:
     """The engine's answer through the batcher, with errors mapped to HTTP; an invalid call becomes none."""
     state.metrics.queue_depth.set(state.batcher.depth)
@@ -147,10 +158,13 @@ def build_api(state: RouterState) -> APIRouter:
     @api.post("/v1/route", response_model=RouteResponse, responses=ERRORS)
     async def route(body: RouteRequest) -> RouteResponse:
         started = time.perf_counter()
-        result = await route_text(state, body.text)
-        lang = body.lang or guess_lang(body.text)
         session = state.sessions.get(body.session) if body.session else None
+        routed = in_context(state, body.text, session.last_answer if session else None)
+        result = await route_text(state, routed)
+        lang = body.lang or guess_lang(body.text)
         spec = state.registry[result.name] if result.name else None
+        if session is not None and spec is not None and spec.name not in DIALOG_FUNCTIONS:
+            session.last_answer = (spec.name, dict(result.arguments))
         response = RouteResponse(id=new_request_id("req"), name=result.name, arguments=result.arguments,
                                  confidence=result.confidence, latency_ms=0.0, risky=bool(spec and spec.risk == "confirm"))
         confirmation = None
@@ -169,7 +183,7 @@ def build_api(state: RouterState) -> APIRouter:
             else:
                 response.result = await execute_in(state, session, spec.name, result.arguments, lang)
         response.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        await state.log(Answered(response.id, "/v1/route", body.text, lang, response.name,
+        await state.log(Answered(response.id, "/v1/route", routed, lang, response.name,
                                  response.arguments, response.confidence, response.latency_ms,
                                  executed=bool(response.result and response.result.get("ok", True)), confirmation=confirmation))
         return response
@@ -217,11 +231,12 @@ def build_api(state: RouterState) -> APIRouter:
             raise HTTPException(422, f"the last user message: {exc}") from None
         if len(text) > MAX_TEXT_CHARS:
             raise HTTPException(422, f"the last user message is over {MAX_TEXT_CHARS} characters")
-        result = await route_text(state, text)
+        routed = in_context(state, text, openai_compat.previous_call(body))
+        result = await route_text(state, routed)
         response = openai_compat.chat_response(body, result, new_request_id("chatcmpl"))
         calls = response.choices[0].message.tool_calls
         name = calls[0].function.name if calls else None  # what the client got: a call outside its `tools` is none
-        await state.log(Answered(response.id, CHAT_PATH, text, guess_lang(text), name, result.arguments if name else {},
+        await state.log(Answered(response.id, CHAT_PATH, routed, guess_lang(text), name, result.arguments if name else {},
                                  result.confidence, result.latency_ms))
         return response
 

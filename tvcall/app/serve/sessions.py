@@ -1,4 +1,5 @@
-"""Conversations with the router, in memory: each session keeps its last executed calls (bounded in number) and
+"""Conversations with the router, in memory: each session keeps its last executed calls (bounded in number), the
+last call it was answered (the context its next command is routed with, for a follow-up such as "再大一点") and
 the token of the risky call it holds for confirmation. A session idle past its lifetime is forgotten, and the
 oldest sessions make room when there are too many.
 
@@ -47,6 +48,7 @@ class DoneCall:
 class Session:
     calls: deque[DoneCall]
     pending_token: str | None = None  # the risky call held for confirmation (its token in `Confirmations`)
+    last_answer: tuple[str, dict[str, Any]] | None = None  # (name, arguments) of the last call routed, not a reply
     seen: float = field(default_factory=time.monotonic)
 
 
