@@ -41,6 +41,7 @@ train: $(DATA)/manifest.json
 
 eval: $(STAMP)
 	$(TVCALL) eval --run $(RUN) --data $(DATA)
+	$(TVCALL) eval --run $(RUN) --data $(DATA) --split followup-test
 
 bench: $(STAMP)
 	$(TVCALL) bench --run $(RUN) --data $(DATA)

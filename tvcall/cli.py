@@ -169,12 +169,14 @@ def benchmark_meta(manifest: dict[str, Any], split: str) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from tvcall.data.splits import read_manifest, read_split
+    from tvcall.data.compound import COMPOUND_SPLITS
+    from tvcall.data.splits import read_compound_split, read_manifest, read_split
     from tvcall.eval.runner import LATENCY_SAMPLE, evaluate
     from tvcall.functions.registry import registry_qualifier
 
     args.data = args.data or _run_data_dir(Path(args.run))
-    records = read_split(Path(args.data), args.split)
+    compound = args.split in COMPOUND_SPLITS.values()
+    records: list[Any] = (read_compound_split if compound else read_split)(Path(args.data), args.split)
     if args.limit:
         records = records[: args.limit]
     engine = _backend_engine(args)
@@ -185,7 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         meta |= _calibrated(engine, run.path, run.data_dir_at_hand() or Path(args.data))
     if args.catalogue != "full" and (args.backend != "local" or engine.retriever is None):
         raise SystemExit(f"--catalogue {args.catalogue} needs --backend local with retrieval: entity linking is part of its retriever")
-    if args.backend == "local" and engine.retriever is not None:
+    if args.backend == "local" and engine.retriever is not None and not compound:
         meta |= _linking(engine, records, args.catalogue)
     catalogue = None if args.catalogue == "full" else f"catalogue-{args.catalogue}"
     out = run.eval_dir(args.split, run.data_qualifier(args.data), registry_qualifier(args.registry) if args.registry else None, catalogue,
@@ -195,9 +197,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.backend != "local":
         meta |= {"backend": args.backend} | ({"base_url": args.base_url, "model": args.model, "protocol": args.protocol} if args.backend == "remote" else {})
     sample = None if args.one_at_a_time else (LATENCY_SAMPLE if args.latency_sample is None else args.latency_sample)
-    path = evaluate(engine, records, Path(args.out or out), meta, sample)
+    if compound:
+        from tvcall.eval.compound import evaluate_compound
+
+        path = evaluate_compound(engine, records, Path(args.out or out), meta)
+    else:
+        path = evaluate(engine, records, Path(args.out or out), meta, sample)
     print((path.parent / "report.md").read_text())
-    if args.curve:
+    if args.curve and not compound:
         from tvcall.eval.curve import learning_curve
 
         curve = learning_curve(Path(args.run), records, path.parent, meta, engine)
@@ -292,9 +299,18 @@ def _commands(texts: list[str]) -> Iterator[str]:
 
 
 def cmd_route(args: argparse.Namespace) -> None:
+    from tvcall.app.serve.sessions import DIALOG_FUNCTIONS
+    from tvcall.data.prompt import with_context
+
     engine = _backend_engine(args)  # loaded once, however many commands follow
+    if args.conversation and not engine.follows_up:
+        print("tvcall: note: this run was not trained on follow-ups; each command is routed alone", file=sys.stderr)
+    previous: tuple[str, dict[str, Any]] | None = None
     for text in _commands(args.text):
-        result = engine.route(text)
+        follows = args.conversation and engine.follows_up and previous is not None
+        result = engine.route(with_context(text, *previous) if follows and previous else text)
+        if result.name is not None and result.name not in DIALOG_FUNCTIONS:
+            previous = (result.name, result.arguments)
         out = result.call()
         if args.verbose:
             out |= {"confidence": round(result.confidence, 4), "latency_ms": round(result.latency_ms, 1), **result.stats}
@@ -506,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=DEFAULT_RUN)
     p.add_argument("--threads", type=int)
     p.add_argument("-v", "--verbose", action="store_true", help="also print confidence, latency and decode stats")
+    p.add_argument("-c", "--conversation", action="store_true",
+                   help="one conversation: each command follows the last call (\"把音量调到20\" then \"再大一点\")")
     _add_registry_arg(p)
     _add_backend_args(p)
     p.set_defaults(func=cmd_route)

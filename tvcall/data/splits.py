@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tvcall.data.compound import COMPOUND_SPLITS, CompoundRecord, read_compound, synthesize_compound, write_compound
 from tvcall.data.followups import FOLLOWUP_SPLITS, followup_kind, synthesize_followups
 from tvcall.data.record import Record, read_jsonl, write_atomic, write_jsonl
 from tvcall.data.synth import SPLITS, SynthConfig, build_splits
@@ -25,10 +26,17 @@ def _sha256(path: Path) -> str:
 def write_splits(registry: Registry, config: SynthConfig, out_dir: Path, registry_name: str = "core") -> dict[str, Any]:
     """The splits of `registry` (`registry_name` in `REGISTRIES`); any registry but the core one is written into the
     folder with them."""
-    splits = with_followups(registry, build_splits(registry, config), config)
+    singles = build_splits(registry, config)
+    splits = with_followups(registry, singles, config)
     if registry_name != "core":
         copy_catalog(registry_name, out_dir)
     files: dict[str, Any] = {}
+    sizes = config.compound_sizes()
+    for split, name in COMPOUND_SPLITS.items():
+        path = out_dir / f"{name}.jsonl"
+        compounds = synthesize_compound(singles[split], split, sizes[split], config.seed)
+        files[name] = {"records": write_compound(path, compounds), "sha256": _sha256(path),
+                       "calls": {str(n): sum(len(r.calls) == n for r in compounds) for n in (2, 3)}}
     for split, records in splits.items():
         path = out_dir / f"{split}.jsonl"
         write_jsonl(path, records)
@@ -76,12 +84,21 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-ALL_SPLITS = (*SPLITS, *FOLLOWUP_SPLITS.values())
+ALL_SPLITS = (*SPLITS, *FOLLOWUP_SPLITS.values(), *COMPOUND_SPLITS.values())
+
+
+def read_compound_split(data_dir: Path, split: str) -> list[CompoundRecord]:
+    path = data_dir / f"{split}.jsonl"
+    if split not in COMPOUND_SPLITS.values():
+        raise ValueError(f"unknown compound split {split!r} ({', '.join(COMPOUND_SPLITS.values())})")
+    if not path.exists():
+        raise InputError(path, None, "split", "missing: it has no compound commands: synthesise the data again")
+    return list(read_compound(path))
 
 
 def read_split(data_dir: Path, split: str) -> list[Record]:
-    if split not in ALL_SPLITS:
-        raise ValueError(f"unknown split {split!r} ({', '.join(ALL_SPLITS)})")
+    if split not in SPLITS and split not in FOLLOWUP_SPLITS.values():
+        raise ValueError(f"unknown split {split!r} ({', '.join(ALL_SPLITS)}; compound ones: `read_compound_split`)")
     path = data_dir / f"{split}.jsonl"
     if not path.exists():
         hint = "it has no follow-ups: synthesise the data again" if split in FOLLOWUP_SPLITS.values() else "run `tvcall data synth` first"

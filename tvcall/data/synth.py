@@ -40,9 +40,14 @@ class SynthConfig:
     # dev and test ones have files of their own
     followup_shares: tuple[float, float, float] = (0.15, 1.0, 2 / 3)
 
+    compound_shares: tuple[float, float] = (1.0, 2 / 3)  # compound commands of dev and test (`tvcall.data.compound`)
+
     def followup_sizes(self) -> dict[str, int]:
         sizes = (self.train_size, self.dev_size, self.test_size)
         return {split: round(size * share) for split, size, share in zip(SPLITS, sizes, self.followup_shares, strict=True)}
+
+    def compound_sizes(self) -> dict[str, int]:
+        return {"dev": round(self.dev_size * self.compound_shares[0]), "test": round(self.test_size * self.compound_shares[1])}
 
 
 _FILLER_WORDS = {"please", "um", "so", "hmm", "the", "a", "an", "in", "for", "me", "bit", "little", "could", "can",

@@ -64,13 +64,25 @@ class RouteRequest(Strict):
 REQUEST_ID_PATTERN = r"^(req|chatcmpl)-[0-9a-f]{32}$"
 
 
+class RoutedCall(BaseModel):
+    id: str = Field(description="the call's id in the traffic log, for POST /v1/feedback")
+    name: str
+    arguments: dict[str, Any]
+    confidence: float
+    risky: bool = Field(default=False, description="the function needs a confirmation before it runs")
+    result: dict[str, Any] | None = omitted("what the execution did (only with `execute`)")
+
+
 class RouteResponse(BaseModel):
-    id: str = Field(description="this request's id in the traffic log, for POST /v1/feedback")
-    name: str | None = Field(description="the function called, null when the text asks for no function")
+    id: str = Field(description="this request's id in the traffic log, for POST /v1/feedback (the first call's)")
+    name: str | None = Field(description="the function called (the first, for a compound command), null when the text "
+                                         "asks for no function")
     arguments: dict[str, Any]
     confidence: float
     latency_ms: float
-    risky: bool = Field(default=False, description="the function needs a confirmation before it runs")
+    calls: list[RoutedCall] = Field(default_factory=list, description="every call asked for, in order: two or three for a "
+                                    "compound command (\"把音量调到20然后切到HDMI2\"), none for no function")
+    risky: bool = Field(default=False, description="a function needs a confirmation before it runs (then the whole list waits)")
     result: dict[str, Any] | None = omitted("what the execution did (only with `execute`, never for a risky call)")
     needs_confirmation: bool | None = omitted("true when a risky call was held: confirm it with `confirmation_token`")
     confirmation_token: str | None = omitted("single use, for POST /v1/confirm")
@@ -101,10 +113,17 @@ class ConfirmRequest(Strict):
     lang: Lang = "en"
 
 
+class RanCall(BaseModel):
+    name: str
+    arguments: dict[str, Any]
+    result: dict[str, Any]
+
+
 class ConfirmResponse(BaseModel):
     name: str
     arguments: dict[str, Any]
     result: dict[str, Any]
+    calls: list[RanCall] = Field(default_factory=list, description="every call run, in order (a compound command held whole)")
 
 
 class FunctionList(BaseModel):

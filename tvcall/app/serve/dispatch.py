@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
@@ -45,6 +45,11 @@ class PendingCall:
     arguments: dict[str, Any]
     expires_at: float
     request_id: str | None = None  # the answered request that held it (the traffic log records the outcome)
+    then: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # a compound command's other calls, held with it
+
+    @property
+    def calls(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(self.name, self.arguments), *self.then]
 
 
 class Confirmations:
@@ -54,12 +59,13 @@ class Confirmations:
         self.ttl_s, self.max_pending = ttl_s, max_pending
         self._pending: OrderedDict[str, PendingCall] = OrderedDict()
 
-    def hold(self, name: str, arguments: dict[str, Any], request_id: str | None = None) -> str:
+    def hold(self, name: str, arguments: dict[str, Any], request_id: str | None = None,
+             then: list[tuple[str, dict[str, Any]]] | None = None) -> str:
         self._expire()
         while len(self._pending) >= self.max_pending:
             self._pending.popitem(last=False)
         token = secrets.token_urlsafe(24)
-        self._pending[token] = PendingCall(name, dict(arguments), time.monotonic() + self.ttl_s, request_id)
+        self._pending[token] = PendingCall(name, dict(arguments), time.monotonic() + self.ttl_s, request_id, list(then or []))
         return token
 
     def take(self, token: str) -> PendingCall | None:

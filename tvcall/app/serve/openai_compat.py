@@ -71,17 +71,19 @@ def wants_tools(request: ChatRequest) -> bool:
     return request.tool_choice != "none"
 
 
-def chat_response(request: ChatRequest, result: RouteResult, response_id: str | None = None) -> ChatResponse:
+def chat_response(request: ChatRequest, results: list[RouteResult], response_id: str | None = None) -> ChatResponse:
+    """The routed calls (several for a compound command) as `tool_calls`, those outside the client's `tools` left out."""
     allowed = allowed_names(request)
-    name = result.name if wants_tools(request) and (allowed is None or result.name in allowed) else None
-    if name is None:
+    calls = [ToolCall(id=f"call_{secrets.token_hex(12)}", function=ToolFunction(
+                 name=r.name, arguments=json.dumps(r.arguments, ensure_ascii=False)))
+             for r in results if r.name is not None and wants_tools(request) and (allowed is None or r.name in allowed)]
+    if not calls:
         message = AssistantMessage(content=NO_FUNCTION_REPLY)
         finish = "stop"
     else:
-        call = ToolCall(id=f"call_{secrets.token_hex(12)}", function=ToolFunction(name=name, arguments=json.dumps(result.arguments, ensure_ascii=False)))
-        message, finish = AssistantMessage(tool_calls=[call]), "tool_calls"
-    completion = sum(result.stats.get(k, 0) for k in ("decided_tokens", "forced_tokens"))
-    prompt = int(result.stats.get("prompt_tokens", 0))
+        message, finish = AssistantMessage(tool_calls=calls), "tool_calls"
+    completion = sum(r.stats.get(k, 0) for r in results for k in ("decided_tokens", "forced_tokens"))
+    prompt = sum(int(r.stats.get("prompt_tokens", 0)) for r in results)
     return ChatResponse(
         id=response_id or f"chatcmpl-{secrets.token_hex(12)}", created=int(time.time()), model=request.model,
         choices=[Choice(message=message, finish_reason=finish)],

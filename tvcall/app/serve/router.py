@@ -20,6 +20,7 @@ unescaped (only lengths, names and escaped excerpts are logged).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -33,6 +34,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, SecretStr
 
 from tvcall.app.engine.base import Engine, RouteResult
+from tvcall.app.engine.compound import choose_parts, segmentations
 from tvcall.app.serve import openai_compat
 from tvcall.app.serve.api_models import (
     MAX_TEXT_CHARS,
@@ -46,6 +48,8 @@ from tvcall.app.serve.api_models import (
     FunctionList,
     Health,
     Lang,
+    RanCall,
+    RoutedCall,
     RouteRequest,
     RouteResponse,
     check_text,
@@ -127,6 +131,21 @@ def in_context(state: RouterState, text: str, previous: tuple[str, dict[str, Any
     return with_context(text, name, state.registry[name].in_parameter_order(arguments))
 
 
+async def route_parts(state: RouterState, text: str, previous: tuple[str, dict[str, Any]] | None) -> list[tuple[str, RouteResult]]:
+    """(text routed, its answer) for each call `text` asks for: the parts of a compound command
+    (`tvcall.app.engine.compound`), routed together through the batcher, else the text as one command."""
+    options = segmentations(text)
+    if options:
+        unique = list(dict.fromkeys(p for parts in options for p in parts))
+        texts = {p: in_context(state, p, previous) for p in unique}
+        results = dict(zip(unique, await asyncio.gather(*(route_text(state, texts[p]) for p in unique)), strict=True))
+        chosen = choose_parts(options, results, alone=DIALOG_FUNCTIONS)
+        if chosen is not None:
+            return [(texts[p], results[p]) for p in chosen]
+    routed = in_context(state, text, previous)
+    return [(routed, await route_text(state, routed))]
+
+
 async def route_text(state: RouterState, text: str) -> RouteResult:
     """The engine's answer through the batcher, with errors mapped to HTTP; an invalid call becomes none."""
     state.metrics.queue_depth.set(state.batcher.depth)
@@ -159,33 +178,40 @@ def build_api(state: RouterState) -> APIRouter:
     async def route(body: RouteRequest) -> RouteResponse:
         started = time.perf_counter()
         session = state.sessions.get(body.session) if body.session else None
-        routed = in_context(state, body.text, session.last_answer if session else None)
-        result = await route_text(state, routed)
+        parts = await route_parts(state, body.text, session.last_answer if session else None)
         lang = body.lang or guess_lang(body.text)
-        spec = state.registry[result.name] if result.name else None
-        if session is not None and spec is not None and spec.name not in DIALOG_FUNCTIONS:
-            session.last_answer = (spec.name, dict(result.arguments))
-        response = RouteResponse(id=new_request_id("req"), name=result.name, arguments=result.arguments,
-                                 confidence=result.confidence, latency_ms=0.0, risky=bool(spec and spec.risk == "confirm"))
+        calls = [RoutedCall(id=new_request_id("req"), name=r.name, arguments=r.arguments, confidence=r.confidence,
+                            risky=state.registry[r.name].risk == "confirm") for _, r in parts if r.name]
+        first = parts[0][1]
+        response = RouteResponse(id=calls[0].id if calls else new_request_id("req"), name=first.name, arguments=first.arguments,
+                                 confidence=first.confidence, latency_ms=0.0, calls=calls, risky=any(c.risky for c in calls))
+        if session is not None and calls and calls[-1].name not in DIALOG_FUNCTIONS:
+            session.last_answer = (calls[-1].name, dict(calls[-1].arguments))
         confirmation = None
-        if body.execute and spec is not None and (asked := state.clarification(result)):
-            response.needs_clarification, response.candidates = True, asked
-        elif body.execute and spec is not None and spec.name in DIALOG_FUNCTIONS:
-            response.result = await dialog_reply(state, session, spec.name, lang)
-        elif body.execute and spec is not None:
-            if response.risky:
-                response.needs_confirmation, confirmation = True, "held"
-                response.confirmation_token = state.confirmations.hold(spec.name, result.arguments, response.id)
-                response.expires_in_s = state.config.confirm_ttl_s
-                state.metrics.confirmations.labels("held").inc()
-                if session is not None:
-                    session.pending_token = response.confirmation_token
-            else:
-                response.result = await execute_in(state, session, spec.name, result.arguments, lang)
+        unsure = next((asked for _, r in parts if (asked := state.clarification(r))), None) if body.execute else None
+        if unsure:
+            response.needs_clarification, response.candidates = True, unsure
+        elif body.execute and len(calls) == 1 and calls[0].name in DIALOG_FUNCTIONS:
+            response.result = calls[0].result = await dialog_reply(state, session, calls[0].name, lang)
+        elif body.execute and response.risky:
+            response.needs_confirmation, confirmation = True, "held"
+            response.confirmation_token = state.confirmations.hold(
+                calls[0].name, calls[0].arguments, response.id, then=[(c.name, c.arguments) for c in calls[1:]])
+            response.expires_in_s = state.config.confirm_ttl_s
+            state.metrics.confirmations.labels("held").inc()
+            if session is not None:
+                session.pending_token = response.confirmation_token
+        elif body.execute and calls:
+            for call in calls:
+                call.result = await execute_in(state, session, call.name, call.arguments, lang)
+            response.result = calls[0].result
         response.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        await state.log(Answered(response.id, "/v1/route", routed, lang, response.name,
-                                 response.arguments, response.confidence, response.latency_ms,
-                                 executed=bool(response.result and response.result.get("ok", True)), confirmation=confirmation))
+        logged = [(text, call) for (text, r), call in zip([p for p in parts if p[1].name], calls, strict=True)]
+        for text, call in logged or [(parts[0][0], None)]:
+            await state.log(Answered(call.id if call else response.id, "/v1/route", text, lang, call.name if call else None,
+                                     call.arguments if call else {}, call.confidence if call else first.confidence,
+                                     response.latency_ms, executed=bool(call and call.result and call.result.get("ok", True)),
+                                     confirmation=confirmation))
         return response
 
     @api.post("/v1/confirm", response_model=ConfirmResponse, responses={**ERRORS, 404: {"model": ErrorBody}})
@@ -194,9 +220,10 @@ def build_api(state: RouterState) -> APIRouter:
         if pending is None:
             raise HTTPException(404, "unknown, used or expired confirmation token")
         state.metrics.confirmations.labels("confirmed").inc()
-        result = await execute(state, pending.name, pending.arguments, body.lang)
+        results = [await execute(state, name, arguments, body.lang) for name, arguments in pending.calls]
         await state.log_outcome(pending.request_id, "confirmed")
-        return ConfirmResponse(name=pending.name, arguments=pending.arguments, result=result)
+        return ConfirmResponse(name=pending.name, arguments=pending.arguments, result=results[0],
+                               calls=[RanCall(name=n, arguments=a, result=r) for (n, a), r in zip(pending.calls, results, strict=True)])
 
     @api.post("/v1/feedback", response_model=FeedbackResponse, responses={**ERRORS, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
     async def feedback(body: FeedbackRequest) -> FeedbackResponse:
@@ -224,20 +251,20 @@ def build_api(state: RouterState) -> APIRouter:
             raise HTTPException(422, "; ".join(errors))
         text = openai_compat.user_text(body)
         if not text.strip():  # nothing asked: no function
-            return openai_compat.chat_response(body, RouteResult(None, {}, 1.0, 0.0, raw=""))
+            return openai_compat.chat_response(body, [RouteResult(None, {}, 1.0, 0.0, raw="")])
         try:
             check_text(text)
         except ValueError as exc:
             raise HTTPException(422, f"the last user message: {exc}") from None
         if len(text) > MAX_TEXT_CHARS:
             raise HTTPException(422, f"the last user message is over {MAX_TEXT_CHARS} characters")
-        routed = in_context(state, text, openai_compat.previous_call(body))
-        result = await route_text(state, routed)
-        response = openai_compat.chat_response(body, result, new_request_id("chatcmpl"))
-        calls = response.choices[0].message.tool_calls
-        name = calls[0].function.name if calls else None  # what the client got: a call outside its `tools` is none
-        await state.log(Answered(response.id, CHAT_PATH, routed, guess_lang(text), name, result.arguments if name else {},
-                                 result.confidence, result.latency_ms))
+        parts = await route_parts(state, text, openai_compat.previous_call(body))
+        response = openai_compat.chat_response(body, [r for _, r in parts], new_request_id("chatcmpl"))
+        given = {call.function.name for call in response.choices[0].message.tool_calls or []}
+        for index, (routed, result) in enumerate(parts):  # what the client got: a call outside its `tools` is none
+            name = result.name if result.name in given else None
+            await state.log(Answered(response.id if index == 0 else new_request_id("chatcmpl"), CHAT_PATH, routed,
+                                     guess_lang(text), name, result.arguments if name else {}, result.confidence, result.latency_ms))
         return response
 
     @api.get("/v1/functions", response_model=FunctionList, responses=GET_ERRORS)
@@ -307,9 +334,11 @@ async def dialog_reply(state: RouterState, session: Session | None, name: str, l
         await state.log_outcome(pending.request_id, "cancelled", executed=False)
         return said("cancelled", ok=True, about=pending.name)
     state.metrics.confirmations.labels("confirmed").inc()
-    result = await execute_in(state, session, pending.name, pending.arguments, lang)
+    results = [await execute_in(state, session, n, a, lang) for n, a in pending.calls]
     await state.log_outcome(pending.request_id, "confirmed")
-    return result
+    return results[0] if len(results) == 1 else CallResult(
+        ok=all(r.get("ok", True) for r in results), name=name, message="; ".join(r.get("message", "") for r in results),
+        data={"calls": results}).model_dump()
 
 
 def create_app(engine: Engine, config: RouterConfig | None = None, tv: SimulatedTV | None = None) -> FastAPI:

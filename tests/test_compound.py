@@ -1,0 +1,111 @@
+"""Compound commands: split at connectives only where every part asks for a call, answered as a list in order through
+/v1/route and the chat endpoint, executed in order, and held whole when one of them is risky."""
+
+from fastapi.testclient import TestClient
+
+from tests.test_router import ScriptedEngine, tv_of
+from tvcall.app.engine.base import RouteResult
+from tvcall.app.engine.compound import choose_parts, route_compound, segmentations
+from tvcall.app.serve.router import RouterConfig, create_app
+from tvcall.app.serve.sessions import UNDO
+from tvcall.data.compound import COMPOUND_SPLITS, connectives, synthesize_compound
+from tvcall.data.synth import SynthConfig, build_splits
+from tvcall.eval.compound import compound_metrics
+
+
+def test_a_text_is_cut_only_at_connectives_into_non_empty_parts():
+    assert segmentations("把音量调到20然后切到HDMI2") == [["把音量调到20", "切到HDMI2"]]
+    assert segmentations("再大一点") == [] and segmentations("open android settings") == []
+    assert segmentations("and then mute") == []  # an empty first part
+    options = segmentations("pause, then turn on subtitles and lower the volume")
+    assert ["pause", "turn on subtitles", "lower the volume"] in options
+    assert ["pause", "turn on subtitles and lower the volume"] in options
+
+
+def result(name, confidence=0.9):
+    return RouteResult(name, {}, confidence, 0.0, raw="")
+
+
+def test_the_most_parts_that_all_ask_for_a_call_win():
+    routed = {"a": result("x.y.a"), "b": result("x.y.b"), "c": result(None), "b c": result("x.y.bc"), "a b": result("x.y.ab", 0.99)}
+    assert choose_parts([["a", "b c"], ["a", "b", "c"], ["a b", "c"]], routed) == ["a", "b c"]
+    assert choose_parts([["a b", "c"]], routed) is None
+    assert choose_parts([["a", "b"]], routed, alone={"x.y.b"}) is None
+
+
+def test_route_compound_falls_back_to_the_whole_text():
+    answers = {"search for Tom": "search.movie.by_title", "Jerry": None, "search for Tom and Jerry": "search.movie.by_title"}
+    routed = route_compound(lambda texts: [result(answers.get(t)) for t in texts], "search for Tom and Jerry")
+    assert len(routed) == 1
+
+
+def test_compound_splits_join_the_splits_commands_with_held_out_connectives(registry):
+    for lang in ("zh", "en"):
+        assert not set(connectives()["dev"][lang]) & set(connectives()["test"][lang])
+    singles = build_splits(registry, SynthConfig(seed=4, train_size=10, dev_size=5, test_size=300))["test"]
+    records = synthesize_compound(singles, "test", 120, seed=4)
+    by_text = {r.text: r for r in singles}
+    assert {len(r.calls) for r in records} == {2, 3} and all(r.id.startswith(COMPOUND_SPLITS["test"]) for r in records)
+    for record in records:
+        assert [by_text[p].function for p in record.parts] == [c.name for c in record.calls]
+        assert len({c.name.rsplit(".", 1)[0] for c in record.calls}) == len(record.calls)
+        assert record.text.startswith(record.parts[0]) and record.text.endswith(record.parts[-1])
+
+
+def test_the_whole_list_must_match_in_order(registry):
+    singles = build_splits(registry, SynthConfig(seed=4, train_size=10, dev_size=5, test_size=100))["test"]
+    records = synthesize_compound(singles, "test", 10, seed=4)
+    gold = [[c.model_dump() for c in r.calls] for r in records]
+    assert compound_metrics(records, gold)["exact_match"] == 1.0
+    swapped = [list(reversed(g)) for g in gold]
+    shortened = [g[:1] for g in gold]
+    assert compound_metrics(records, swapped)["exact_match"] == 0.0
+    assert compound_metrics(records, shortened)["call_count_accuracy"] == 0.0
+
+
+COMPOUND_SCRIPT = {
+    "volume 30": ("sound.volume.set", {"value": 30}),
+    "bedroom light on": ("smarthome.light.turn_on", {"room": "bedroom"}),
+    "reset everything": ("system.device.factory_reset", {}),
+    "search for Tom": ("search.movie.by_title", {"title": "Tom"}),
+    "search for Tom and Jerry": ("search.movie.by_title", {"title": "Tom and Jerry"}),
+    "撤销": (UNDO, {}),
+}
+
+
+def client_for(registry):
+    return TestClient(create_app(ScriptedEngine(registry, COMPOUND_SCRIPT), RouterConfig()))
+
+
+def test_route_answers_every_call_in_order_and_executes_them(registry):
+    with client_for(registry) as client:
+        body = client.post("/v1/route", json={"text": "volume 30 and then bedroom light on", "execute": True}).json()
+        assert [c["name"] for c in body["calls"]] == ["sound.volume.set", "smarthome.light.turn_on"]
+        assert body["name"] == "sound.volume.set" and all(c["result"]["ok"] for c in body["calls"])
+        assert tv_of(client).volume == 30
+        alone = client.post("/v1/route", json={"text": "search for Tom and Jerry"}).json()
+        assert [c["arguments"] for c in alone["calls"]] == [{"title": "Tom and Jerry"}]
+        nothing = client.post("/v1/route", json={"text": "write me a poem"}).json()
+        assert nothing["calls"] == [] and nothing["name"] is None
+
+
+def test_a_risky_call_holds_the_whole_list_until_confirmed(registry):
+    with client_for(registry) as client:
+        held = client.post("/v1/route", json={"text": "volume 30 and then reset everything", "execute": True}).json()
+        assert held["needs_confirmation"] and tv_of(client).volume != 30
+        done = client.post("/v1/confirm", json={"token": held["confirmation_token"]}).json()
+        assert [c["name"] for c in done["calls"]] == ["sound.volume.set", "system.device.factory_reset"]
+
+
+def test_a_reply_to_the_conversation_is_never_part_of_a_list(registry):
+    with client_for(registry) as client:
+        body = client.post("/v1/route", json={"text": "volume 30 and 撤销", "session": "s"}).json()
+        assert len(body["calls"]) <= 1
+
+
+def test_the_chat_endpoint_answers_a_compound_command_with_several_tool_calls(registry):
+    with client_for(registry) as client:
+        response = client.post("/v1/chat/completions", json={"model": "tvcall", "messages": [
+            {"role": "user", "content": "volume 30 and then bedroom light on"}]})
+        calls = response.json()["choices"][0]["message"]["tool_calls"]
+        assert [c["function"]["name"] for c in calls] == ["sound.volume.set", "smarthome.light.turn_on"]
