@@ -42,6 +42,7 @@ train: $(DATA)/manifest.json
 eval: $(STAMP)
 	$(TVCALL) eval --run $(RUN) --data $(DATA)
 	$(TVCALL) eval --run $(RUN) --data $(DATA) --split followup-test
+	$(TVCALL) eval --run $(RUN) --data $(DATA) --split compound-test
 
 bench: $(STAMP)
 	$(TVCALL) bench --run $(RUN) --data $(DATA)

@@ -200,7 +200,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if compound:
         from tvcall.eval.compound import evaluate_compound
 
-        path = evaluate_compound(engine, records, Path(args.out or out), meta)
+        singles = read_split(Path(args.data), next(k for k, v in COMPOUND_SPLITS.items() if v == args.split))
+        path = evaluate_compound(engine, records, Path(args.out or out), meta, singles)
     else:
         path = evaluate(engine, records, Path(args.out or out), meta, sample)
     print((path.parent / "report.md").read_text())
@@ -299,22 +300,24 @@ def _commands(texts: list[str]) -> Iterator[str]:
 
 
 def cmd_route(args: argparse.Namespace) -> None:
+    from tvcall.app.engine.compound import route_calls
     from tvcall.app.serve.sessions import DIALOG_FUNCTIONS
-    from tvcall.data.prompt import with_context
 
     engine = _backend_engine(args)  # loaded once, however many commands follow
     if args.conversation and not engine.follows_up:
         print("tvcall: note: this run was not trained on follow-ups; each command is routed alone", file=sys.stderr)
     previous: tuple[str, dict[str, Any]] | None = None
     for text in _commands(args.text):
-        follows = args.conversation and engine.follows_up and previous is not None
-        result = engine.route(with_context(text, *previous) if follows and previous else text)
-        if result.name is not None and result.name not in DIALOG_FUNCTIONS:
-            previous = (result.name, result.arguments)
-        out = result.call()
-        if args.verbose:
-            out |= {"confidence": round(result.confidence, 4), "latency_ms": round(result.latency_ms, 1), **result.stats}
-        print(json.dumps(out, ensure_ascii=False), flush=True)
+        results = route_calls(engine, text, previous if args.conversation else None, alone=DIALOG_FUNCTIONS)
+        said = [r for r in results if r.name is not None and r.name not in DIALOG_FUNCTIONS]
+        previous = (said[-1].name, said[-1].arguments) if said and said[-1].name else previous
+        outs = []
+        for result in results:
+            out = result.call()
+            if args.verbose:
+                out |= {"confidence": round(result.confidence, 4), "latency_ms": round(result.latency_ms, 1), **result.stats}
+            outs.append(out)
+        print(json.dumps(outs[0] if len(outs) == 1 else {"calls": outs}, ensure_ascii=False), flush=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -517,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("route", help="route commands to function calls: each argument, or with none, each line of stdin "
-                       "as it arrives (one model load for all)")
+                       "as it arrives (one model load for all); a compound command prints {\"calls\": [...]}")
     p.add_argument("text", nargs="*")
     p.add_argument("--run", default=DEFAULT_RUN)
     p.add_argument("--threads", type=int)

@@ -11,9 +11,9 @@ import numpy as np
 from tqdm import tqdm
 
 from tvcall.app.engine.base import Engine
-from tvcall.app.engine.compound import route_compound, route_many
+from tvcall.app.engine.compound import route_calls, segmentations
 from tvcall.data.compound import CompoundRecord
-from tvcall.data.record import write_atomic
+from tvcall.data.record import Record, write_atomic
 
 
 def _calls(results: list[Any]) -> list[dict[str, Any]]:
@@ -34,16 +34,29 @@ def compound_metrics(records: list[CompoundRecord], predicted: list[list[dict[st
             "call_exact_at_place": round(sum(calls) / sum(len(g) for g in gold), 4) if gold else 0.0, "by_calls": by_calls}
 
 
-def evaluate_compound(engine: Engine, records: list[CompoundRecord], out_dir: Path, meta: dict[str, Any]) -> Path:
-    started, route = time.monotonic(), route_many(engine)
+def singles_cut(engine: Engine, singles: list[Record]) -> dict[str, Any]:
+    """How many single commands (in scope) the router would cut into several calls: each one is a wrong answer."""
+    candidates = [r for r in singles if r.function is not None and segmentations(r.text)]
+    cut = [r.text for r in tqdm(candidates, desc="singles with a connective", unit="utt") if len(route_calls(engine, r.text)) > 1]
+    return {"singles": len(singles), "singles_with_a_connective": len(candidates), "singles_cut": len(cut),
+            "singles_cut_examples": cut[:10]}
+
+
+def evaluate_compound(engine: Engine, records: list[CompoundRecord], out_dir: Path, meta: dict[str, Any],
+                      singles: list[Record] | None = None) -> Path:
+    """The compound split's metrics, and with `singles` (the single-command split of the same data) how many of
+    those the splitting would cut."""
+    started = time.monotonic()
     predicted, latencies = [], []
     for record in tqdm(records, desc="eval (compound)", unit="utt"):
         begun = time.perf_counter()
-        predicted.append(_calls(route_compound(route, record.text)))
+        predicted.append(_calls(route_calls(engine, record.text)))
         latencies.append((time.perf_counter() - begun) * 1000)
     metrics = compound_metrics(records, predicted) | {
         "latency_ms_p50": round(float(np.percentile(latencies, 50)), 1) if latencies else None,
         "latency_ms_p95": round(float(np.percentile(latencies, 95)), 1) if latencies else None}
+    if singles is not None:
+        metrics |= singles_cut(engine, singles)
     meta = {**meta, "eval_seconds": round(time.monotonic() - started, 1), "registry_functions": len(engine.registry)}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "predictions.jsonl", "".join(
@@ -54,7 +67,8 @@ def evaluate_compound(engine: Engine, records: list[CompoundRecord], out_dir: Pa
     lines = ["# tvcall evaluation: compound commands", "", *[f"- {k}: `{v}`" for k, v in meta.items()], "",
              "| metric | value |", "|---|---|",
              *[f"| {k} | {metrics[k]} |" for k in ("n", "exact_match", "call_count_accuracy", "call_exact_at_place",
-                                                    "latency_ms_p50", "latency_ms_p95")],
+                                                    "latency_ms_p50", "latency_ms_p95", "singles", "singles_with_a_connective",
+                                                    "singles_cut") if k in metrics],
              "", "| calls | n | exact match |", "|---|---|---|",
              *[f"| {n} | {m['n']} | {m['exact_match']:.3f} |" for n, m in metrics["by_calls"].items()]]
     write_atomic(out_dir / "report.md", "\n".join(lines) + "\n")

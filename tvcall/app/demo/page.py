@@ -150,10 +150,13 @@ class Demo:
         if len(text) > MAX_TEXT_CHARS:
             return Outcome(f"The command is over {MAX_TEXT_CHARS} characters; say one command.", heard)
         await self._started()
-        try:
-            result = await route_text(self.state, text)
+        session = self.state.sessions.get(DEMO_SESSION)
+        try:  # after the page's last call: "再大一点" follows it
+            result = await route_text(self.state, self.state.engine.in_context(text, session.last_answer))
         except HTTPException as exc:
             return Outcome(f"Could not route this command: {exc.detail}", heard)
+        if result.name is not None and result.name not in DIALOG_FUNCTIONS:
+            session.last_answer = (result.name, dict(result.arguments))
         lang = transcript.lang if transcript else guess_lang(text)
         outcome = self._describe(text, result, lang, transcript)
         if result.name is not None:

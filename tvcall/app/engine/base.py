@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tvcall.data.prompt import with_context
 from tvcall.functions.registry import Registry
 
 
@@ -40,4 +41,12 @@ class Engine(ABC):
 
     @abstractmethod
     def route(self, text: str) -> RouteResult: ...
+
+    def in_context(self, text: str, previous: tuple[str, dict[str, Any]] | None) -> str:
+        """The text to route: after the conversation's previous call (name, arguments) when the model was trained on
+        follow-ups, else the text alone."""
+        if previous is None or not self.follows_up or previous[0] not in self.registry.functions:
+            return text
+        name, arguments = previous
+        return with_context(text, name, self.registry[name].in_parameter_order(arguments))
 

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Callable, Collection, Sequence
 from itertools import combinations
+from typing import Any
 
 from tvcall.app.engine.base import Engine, RouteResult
 
@@ -80,3 +81,10 @@ def route_many(engine: Engine) -> Callable[[list[str]], list[RouteResult]]:
     """The engine's batched routing where it has one, else its texts one at a time."""
     batched = getattr(engine, "route_batch", None)
     return batched if batched is not None else (lambda texts: [engine.route(t) for t in texts])
+
+
+def route_calls(engine: Engine, text: str, previous: tuple[str, dict[str, Any]] | None = None,
+                alone: Collection[str] = ()) -> list[RouteResult]:
+    """`route_compound` through `engine`, each part after the conversation's `previous` call."""
+    route = route_many(engine)
+    return route_compound(lambda texts: route([engine.in_context(t, previous) for t in texts]), text, alone)

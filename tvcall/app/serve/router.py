@@ -61,7 +61,6 @@ from tvcall.app.serve.metrics import Metrics, RequestMetrics
 from tvcall.app.serve.security import BodyLimit, escape_for_log, require_token
 from tvcall.app.serve.sessions import CANCEL, DIALOG_FUNCTIONS, UNDO, DoneCall, Session, Sessions, reply
 from tvcall.app.serve.traffic import Answered, TrafficLog, UnknownRequest, new_request_id
-from tvcall.data.prompt import with_context
 from tvcall.functions.tv import CallResult, SimulatedTV
 from tvcall.functions.validate import call_errors
 
@@ -123,26 +122,18 @@ def guess_lang(text: str) -> str:
     return "zh" if any("\u3400" <= c <= "\u9fff" for c in text) else "en"
 
 
-def in_context(state: RouterState, text: str, previous: tuple[str, dict[str, Any]] | None) -> str:
-    """The text the engine routes: after the conversation's previous call when the model was trained on follow-ups."""
-    if previous is None or not state.engine.follows_up or previous[0] not in state.registry.functions:
-        return text
-    name, arguments = previous
-    return with_context(text, name, state.registry[name].in_parameter_order(arguments))
-
-
 async def route_parts(state: RouterState, text: str, previous: tuple[str, dict[str, Any]] | None) -> list[tuple[str, RouteResult]]:
     """(text routed, its answer) for each call `text` asks for: the parts of a compound command
     (`tvcall.app.engine.compound`), routed together through the batcher, else the text as one command."""
     options = segmentations(text)
     if options:
         unique = list(dict.fromkeys(p for parts in options for p in parts))
-        texts = {p: in_context(state, p, previous) for p in unique}
+        texts = {p: state.engine.in_context(p, previous) for p in unique}
         results = dict(zip(unique, await asyncio.gather(*(route_text(state, texts[p]) for p in unique)), strict=True))
         chosen = choose_parts(options, results, alone=DIALOG_FUNCTIONS)
         if chosen is not None:
             return [(texts[p], results[p]) for p in chosen]
-    routed = in_context(state, text, previous)
+    routed = state.engine.in_context(text, previous)
     return [(routed, await route_text(state, routed))]
 
 
