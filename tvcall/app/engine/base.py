@@ -44,7 +44,9 @@ class Engine(ABC):
 
     def in_context(self, text: str, previous: tuple[str, dict[str, Any]] | None) -> str:
         """The text to route: after the conversation's previous call (name, arguments) when the model was trained on
-        follow-ups, else the text alone."""
+        follow-ups, else the text alone. The text is made one line: a line of its own that looked like a call would be
+        read as the previous call."""
+        text = " ".join(text.splitlines())
         if previous is None or not self.follows_up or previous[0] not in self.registry.functions:
             return text
         name, arguments = previous
