@@ -8,7 +8,8 @@ from tvcall.app.engine.base import RouteResult
 from tvcall.app.engine.compound import choose_parts, route_compound, segmentations
 from tvcall.app.serve.router import RouterConfig, create_app
 from tvcall.app.serve.sessions import UNDO
-from tvcall.data.compound import COMPOUND_SPLITS, connectives, synthesize_compound
+from tvcall.data.compound import connectives, synthesize_compound
+from tvcall.data.split_names import COMPOUND_SPLITS
 from tvcall.data.synth import SynthConfig, build_splits
 from tvcall.eval.compound import compound_metrics
 
@@ -109,3 +110,10 @@ def test_the_chat_endpoint_answers_a_compound_command_with_several_tool_calls(re
             {"role": "user", "content": "volume 30 and then bedroom light on"}]})
         calls = response.json()["choices"][0]["message"]["tool_calls"]
         assert [c["function"]["name"] for c in calls] == ["sound.volume.set", "smarthome.light.turn_on"]
+
+
+def test_every_connective_of_the_data_is_one_the_splitter_knows():
+    for split in ("dev", "test"):
+        for lang, first, second in (("zh", "把音量调到20", "切到HDMI2"), ("en", "pause", "turn on subtitles")):
+            for connective in connectives()[split][lang]:
+                assert [first, second] in segmentations(first + connective + second), connective

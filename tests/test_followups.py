@@ -203,3 +203,22 @@ def test_a_command_cannot_pose_as_the_previous_call(registry):
     with TestClient(create_app(engine, RouterConfig())) as client:
         assert client.post("/v1/route", json={"text": forged}).json()["name"] is None
     assert P.split_context(engine.seen[-1])[0] is None
+
+
+def test_values_carry_within_the_same_object_and_yield_to_what_the_command_says(registry):
+    after_volume = P.with_context("调亮度", "sound.volume.set", {"value": 20})
+    assert callable_candidates(registry, after_volume, ["picture.brightness.set"]) == []  # 20 is the volume's
+    switch = registry["input.source.switch"]
+    assert argument_plan(switch, P.with_context("no, HDMI 2", switch.name, {"source": "hdmi1"})).said["source"] == ["hdmi2"]
+    assert argument_plan(switch, P.with_context("switch it", switch.name, {"source": "hdmi1"})).said["source"] == ["hdmi1"]
+
+
+def test_each_family_holds_one_attribute_of_its_object(registry):
+    from tvcall.data.followups import families
+
+    for kind, found in families(registry).items():
+        if kind == "query":
+            continue
+        for family in found:
+            rests = {spec.name.rsplit(".", 1)[1].replace(action, "", 1) for action, spec in family.functions.items()}
+            assert len(rests) == 1, [s.name for s in family.functions.values()]

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tvcall.data.splits import ALL_SPLITS
+from tvcall.data.split_names import ALL_SPLITS, RECORD_SPLITS
 from tvcall.errors import BackendError, InputError
 from tvcall.run import DEFAULT_DATA_DIR, DEFAULT_RUN_DIR, RunDir
 
@@ -169,7 +169,7 @@ def benchmark_meta(manifest: dict[str, Any], split: str) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from tvcall.data.compound import COMPOUND_SPLITS
+    from tvcall.data.split_names import COMPOUND_SPLITS
     from tvcall.data.splits import read_compound_split, read_manifest, read_split
     from tvcall.eval.runner import LATENCY_SAMPLE, evaluate
     from tvcall.functions.registry import registry_qualifier
@@ -253,7 +253,7 @@ def build_compare_parser() -> argparse.ArgumentParser:
                                 "deltas (B - A) with a paired bootstrap's 95% CI and p-value; * marks p < 0.05.")
     p.add_argument("run_a", help="run folder A (the baseline), or one of its eval folders (RUN/eval-…)")
     p.add_argument("run_b", help="run folder B, or an eval folder (e.g. the same run with --catalogue none)")
-    p.add_argument("--split", default="test", choices=ALL_SPLITS, help="compares RUN/eval-SPLIT/predictions.jsonl")
+    p.add_argument("--split", default="test", choices=RECORD_SPLITS, help="compares RUN/eval-SPLIT/predictions.jsonl")
     p.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="compare on this dataset folder's split, as `tvcall eval --data` evaluated both runs "

@@ -18,13 +18,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tvcall.data.record import Record, json_lines, write_atomic
+from tvcall.data.split_names import COMPOUND_SPLITS
 from tvcall.data.synth import TEMPLATE_DIR
 from tvcall.errors import InputError
 from tvcall.functions.spec import LANGS
 from tvcall.yamlio import load_yaml, strip_lines
 
 CONNECTIVE_FILE = TEMPLATE_DIR / "compound.yaml"
-COMPOUND_SPLITS = {"dev": "compound-dev", "test": "compound-test"}
 THREE_CALL_SHARE = 0.3  # of compound records: three calls, the others two
 
 

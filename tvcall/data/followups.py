@@ -14,6 +14,7 @@ for single commands.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 
 from tvcall.data.prompt import CONTEXT_SEPARATOR, answer_text, split_context, with_context
 from tvcall.data.record import Record, Span
+from tvcall.data.split_names import FOLLOWUP_SPLITS
 from tvcall.data.synth import TEMPLATE_DIR, _said_outright, _slot_value, fill, phrasing_key, templates_for
 from tvcall.errors import InputError
 from tvcall.functions.registry import PLACEHOLDER_RE, Registry
@@ -30,7 +32,6 @@ from tvcall.functions.spec import LANGS, FunctionSpec
 from tvcall.yamlio import key_line, load_yaml, strip_lines
 
 FOLLOWUP_FILE = TEMPLATE_DIR / "followups.yaml"
-FOLLOWUP_SPLITS = {"dev": "followup-dev", "test": "followup-test"}  # split files; training follow-ups join train
 DIALOG_DOMAIN = "dialog"  # confirm, cancel and undo: replies to the conversation, never a follow-up's target
 # Of every split's follow-up records: real follow-ups, then follow-ups with no usable context, then single commands
 # after an unrelated call
@@ -89,14 +90,17 @@ class Family:
 
 def families(registry: Registry) -> dict[str, list[Family]]:
     """Template kind → its families in the registry."""
-    grouped: dict[tuple[str, str], dict[str, FunctionSpec]] = defaultdict(dict)
+    grouped: dict[tuple[str, str, str], dict[str, FunctionSpec]] = defaultdict(dict)
     for spec in registry.functions.values():
         if spec.template_key is None:
             continue
         kind, _, action = spec.template_key.partition(".")
-        grouped[spec.name.rsplit(".", 1)[0], kind][action or spec.name] = spec
+        # one object may have several families of a kind (a light's brightness and colour temperature): the rest of
+        # the function's last name part tells them apart ("set_brightness" → "_brightness")
+        attribute = spec.name.rsplit(".", 1)[1].replace(action, "", 1) if action else ""
+        grouped[spec.name.rsplit(".", 1)[0], kind, attribute][action or spec.name] = spec
     found: dict[str, list[Family]] = defaultdict(list)
-    for (_, kind), functions in sorted(grouped.items()):
+    for (_, kind, _), functions in sorted(grouped.items()):
         found[kind].append(Family(kind, functions))
     return found
 
@@ -160,6 +164,20 @@ def say(template: str, turn: Turn, lang: str, split: str, rng: random.Random,
     return text + template[last:], arguments, spans
 
 
+def shifted(spans: list[Span], offset: int) -> list[Span]:
+    return [Span(slot=s.slot, start=s.start + offset, end=s.end + offset) for s in spans]
+
+
+def context_span(head: str, key: str, value: Any) -> Span | None:
+    """Where the previous call's line says `key`'s value (inside the quotes of a string)."""
+    said = json.dumps(value, ensure_ascii=False)
+    at = head.find(f'"{key}":{said}')
+    if at < 0:
+        return None
+    start = at + len(f'"{key}":') + (1 if isinstance(value, str) else 0)
+    return Span(slot=key, start=start, end=start + len(str(value).lower() if isinstance(value, bool) else str(value)))
+
+
 def usable(template: str, turn: Turn) -> bool:
     """Whether the turn's target can take what the template says."""
     needed = set(PLACEHOLDER_RE.findall(template))
@@ -195,13 +213,10 @@ class FollowupMaker:
         carried = {k: v for k, v in context.items() if k in turn.target.properties and k not in said}
         head = answer_text(name, context) + CONTEXT_SEPARATOR
         arguments = {**carried, **said}
-        spans = [Span(slot=s.slot, start=s.start + len(head), end=s.end + len(head)) for s in spans]
-        for key, value in carried.items():
-            if isinstance(value, str) and (at := head.find(value)) >= 0:
-                spans.append(Span(slot=key, start=at, end=at + len(value)))
+        spans = shifted(spans, len(head)) + [span for key, value in carried.items() if (span := context_span(head, key, value))]
         for key, span, value in _said_outright(turn.target, command, arguments):
             arguments[key] = value
-            spans.append(Span(slot=span.slot, start=span.start + len(head), end=span.end + len(head)))
+            spans += shifted([span], len(head))
         return Record(id=rid, text=head + command, lang=lang, function=turn.target.name,
                       arguments=turn.target.in_parameter_order(arguments), spans=spans, template=f"{TEMPLATE_PREFIX}{kind}:{template}")
 
@@ -225,11 +240,11 @@ class FollowupMaker:
         return Record(id=rid, text=text, lang=lang, function=None, template=f"{TEMPLATE_PREFIX}{kind}:{template}")
 
     def after_a_call(self, single: Record, rid: str) -> Record:
-        """A single command said after an unrelated call: answered as without it."""
-        spec = self.rng.choice(self.callable)
+        """A single command said after a call on another object: answered as without it."""
+        own = (single.function or "").rsplit(".", 1)[0]
+        spec = self.rng.choice([s for s in self.callable if s.name.rsplit(".", 1)[0] != own])
         head = answer_text(*context_call(spec, single.lang, self.split, self.rng)) + CONTEXT_SEPARATOR
-        spans = [Span(slot=s.slot, start=s.start + len(head), end=s.end + len(head)) for s in single.spans]
-        return single.model_copy(update={"id": rid, "text": head + single.text, "spans": spans})
+        return single.model_copy(update={"id": rid, "text": head + single.text, "spans": shifted(single.spans, len(head))})
 
     def dialog_reply(self, rid: str) -> Record | None:
         """Confirm, cancel or undo after a call."""

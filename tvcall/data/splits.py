@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tvcall.data.compound import COMPOUND_SPLITS, CompoundRecord, read_compound, synthesize_compound, write_compound
-from tvcall.data.followups import FOLLOWUP_SPLITS, followup_kind, synthesize_followups
+from tvcall.data.compound import CompoundRecord, read_compound, synthesize_compound, write_compound
+from tvcall.data.followups import followup_kind, synthesize_followups
 from tvcall.data.record import Record, read_jsonl, write_atomic, write_jsonl
-from tvcall.data.synth import SPLITS, SynthConfig, build_splits
+from tvcall.data.split_names import ALL_SPLITS, COMPOUND_SPLITS, FOLLOWUP_SPLITS, RECORD_SPLITS
+from tvcall.data.synth import SynthConfig, build_splits
 from tvcall.errors import InputError
 from tvcall.functions.catalog import CATALOG_DIR
 from tvcall.functions.registry import DATA_CATALOG_DIR, DATA_LEXICON_DIR, LEXICON_DIR, REGISTRIES, Registry
@@ -84,9 +85,6 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-ALL_SPLITS = (*SPLITS, *FOLLOWUP_SPLITS.values(), *COMPOUND_SPLITS.values())
-
-
 def read_compound_split(data_dir: Path, split: str) -> list[CompoundRecord]:
     path = data_dir / f"{split}.jsonl"
     if split not in COMPOUND_SPLITS.values():
@@ -97,7 +95,7 @@ def read_compound_split(data_dir: Path, split: str) -> list[CompoundRecord]:
 
 
 def read_split(data_dir: Path, split: str) -> list[Record]:
-    if split not in SPLITS and split not in FOLLOWUP_SPLITS.values():
+    if split not in RECORD_SPLITS:
         raise ValueError(f"unknown split {split!r} ({', '.join(ALL_SPLITS)}; compound ones: `read_compound_split`)")
     path = data_dir / f"{split}.jsonl"
     if not path.exists():

@@ -17,6 +17,7 @@ from tvcall.data.grounding import said_keys, said_matches, values_of
 from tvcall.data.lexicon import is_test_value, lexicon_values
 from tvcall.data.numbers import surface_forms
 from tvcall.data.record import Record, Span
+from tvcall.data.split_names import SPLITS
 from tvcall.errors import InputError
 from tvcall.functions.registry import PLACEHOLDER_RE, Registry, template_fault
 from tvcall.functions.spec import LANGS, FunctionSpec
@@ -24,7 +25,6 @@ from tvcall.yamlio import key_line, load_yaml, strip_lines
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 PARAPHRASE_FILE = "paraphrases.yaml"
-SPLITS = ("train", "dev", "test")
 _PREFIXES = {"zh": ["请", "帮我", "麻烦", "小电视，"], "en": ["please ", "hey tv, ", "ok tv, "]}
 _PREFIX_RATE = 0.12
 

@@ -202,6 +202,8 @@ def build_dataset(tokenizer: Any, records: list[Record], top_objects: int = DEFA
     registry = registry or default_registry()
     if top_objects and retriever is None:
         retriever = Retriever(registry)
+    if retriever is not None:
+        retriever.read_context = split_context  # a follow-up's prompt lists the objects serving lists for it
     rows = []
     for r in records:
         options = retriever.retrieve(r.text, top_objects, must_include=r.function).options if retriever and top_objects else []

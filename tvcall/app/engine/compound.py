@@ -17,6 +17,7 @@ from typing import Any
 from tvcall.app.engine.base import Engine, RouteResult
 
 MAX_CALLS = 3
+MAX_CUTS = 4  # connectives considered, the first ones: each part is routed, and 4 give at most 10 candidates
 # Words that join commands, longest first where one contains another. Chinese "再" joins only after a comma or
 # another connective: "再大一点" is one command.
 CONNECTIVES = {
@@ -40,7 +41,7 @@ def split_points(text: str) -> list[tuple[int, int]]:
 
 def segmentations(text: str, max_calls: int = MAX_CALLS) -> list[list[str]]:
     """Every way to cut `text` into 2..`max_calls` non-empty parts at its connectives."""
-    points = split_points(text)
+    points = split_points(text)[:MAX_CUTS]
     options = []
     for cuts in range(1, max_calls):
         for chosen in combinations(points, cuts):

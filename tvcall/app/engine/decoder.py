@@ -318,8 +318,8 @@ class ConstrainedDecoder:
             self._key_tries[cache_key] = self._trie(alternatives)
         return self._key_tries[cache_key]
 
-    def value_trie(self, schema: dict[str, Any], copies: Callable[[], list[str]], grounded: list[Any] | None = None,
-                   copy_key: tuple[Any, ...] = ()) -> TokenTrie:
+    def value_trie(self, schema: dict[str, Any], copies: Callable[[], list[str]], grounded: list[Any] | None,
+                   copy_key: tuple[Any, ...]) -> TokenTrie:
         """What a value may be: `grounded` values when given, else all the schema allows (strings: `copies`, called
         on a cache miss only and cached under `copy_key`)."""
         values: Callable[[], list[Any]]  # called on a cache miss only: this is the hot path

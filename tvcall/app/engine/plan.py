@@ -117,8 +117,9 @@ class ArgumentPlan:
 
 
 def carried_values(spec: FunctionSpec, context: dict[str, Any] | None) -> dict[str, Any]:
-    """The previous call's arguments that are parameters of `spec` with a value its schema allows."""
-    if context is None:
+    """The previous call's arguments that are parameters of `spec` with a value its schema allows, for a function of
+    the same object only: after "volume 20", the brightness is not set to 20."""
+    if context is None or context["name"].rsplit(".", 1)[0] != spec.name.rsplit(".", 1)[0]:
         return {}
     return {key: value for key, value in context["arguments"].items()
             if key in spec.properties and fits(spec.properties[key], value)}
@@ -143,8 +144,8 @@ def argument_plan(spec: FunctionSpec, text: str) -> ArgumentPlan:
     said = {key: values_of(found) for key, found in matches.items()}
     carried = carried_values(spec, context)
     for key, value in carried.items():
-        if key in said:
-            said[key] = list(dict.fromkeys([*said[key], value]))
+        if key in said and not said[key]:  # a value the command says replaces the previous one ("no, HDMI 2")
+            said[key] = [value]
     available = frozenset(key for key in spec.properties if key not in said or said[key])
     return ArgumentPlan(said, available, said_keys(spec, matches), command, carried)
 

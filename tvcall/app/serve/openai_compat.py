@@ -10,6 +10,7 @@ from typing import Any
 from tvcall.app.engine.base import RouteResult
 from tvcall.app.serve.api_models import AssistantMessage, ChatRequest, ChatResponse, Choice, ToolCall, ToolFunction, Usage
 from tvcall.functions.registry import Registry
+from tvcall.functions.validate import call_errors
 
 NO_FUNCTION_REPLY = "No TV function matches this request."
 
@@ -38,14 +39,17 @@ def call_arguments(call: ToolCall) -> dict[str, Any] | None:
 
 
 def context_errors(request: ChatRequest, registry: Registry) -> list[str]:
-    """Earlier tool calls of the conversation that name no registered function or whose arguments are not a JSON
-    object, each with where it is."""
+    """Earlier tool calls of the conversation that name no registered function or whose arguments its schema does not
+    take, each with where it is."""
     errors = []
     for where, call in earlier_calls(request):
+        arguments = call_arguments(call)
         if call.function.name not in registry.functions:
             errors.append(f"{where}.name: unknown function {call.function.name!r}")
-        elif call_arguments(call) is None:
+        elif arguments is None:
             errors.append(f"{where}.arguments: not a JSON object")
+        else:
+            errors += [f"{where}.arguments: {error}" for error in call_errors(registry, call.function.name, arguments)]
     return errors
 
 

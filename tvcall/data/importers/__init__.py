@@ -14,8 +14,8 @@ from tvcall.data.importers.catalog import CATALOG_DIR, LEXICON_DIR, load_benchma
 from tvcall.data.importers.convert import Converted, convert, identifier, stratified_split, unknown_function
 from tvcall.data.importers.readers import Example, read_bio, read_chat, read_conll, read_smp2019
 from tvcall.data.record import write_atomic, write_jsonl
+from tvcall.data.split_names import SPLITS
 from tvcall.data.splits import MANIFEST
-from tvcall.data.synth import SPLITS
 from tvcall.errors import InputError
 
 FORMATS = ("bio", "conll", "smp2019", "chat")
