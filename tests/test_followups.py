@@ -222,3 +222,14 @@ def test_each_family_holds_one_attribute_of_its_object(registry):
         for family in found:
             rests = {spec.name.rsplit(".", 1)[1].replace(action, "", 1) for action, spec in family.functions.items()}
             assert len(rests) == 1, [s.name for s in family.functions.values()]
+
+
+def test_a_generic_chat_model_gets_the_previous_call_as_its_own_tool_call(registry):
+    from tvcall.app.engine.guided import Prompt
+    from tvcall.app.engine.remote_engine import tools_body
+
+    text = P.with_context("再大一点", "sound.volume.set", {"value": 20})
+    body = tools_body("m", Prompt(text, [], ["sound.volume.increase"], None), registry)
+    assert [m["role"] for m in body["messages"]] == ["assistant", "tool", "user"]
+    assert body["messages"][-1]["content"] == "再大一点"
+    assert json.loads(body["messages"][0]["tool_calls"][0]["function"]["arguments"]) == {"value": 20}

@@ -30,6 +30,7 @@ import httpx
 
 from tvcall.app.engine.base import RouteResult
 from tvcall.app.engine.guided import Generation, GuidedEngine, Prompt, Stage, TokenChoice, response_format, structured_outputs
+from tvcall.data.prompt import split_context
 from tvcall.errors import BackendError
 from tvcall.functions.registry import Registry
 from tvcall.functions.retrieve import language
@@ -67,9 +68,17 @@ def chat_body(model: str, prompt: Prompt, stage: Stage, protocol: Protocol) -> d
 
 
 def tools_body(model: str, prompt: Prompt, registry: Registry) -> dict[str, Any]:
-    """The chat-completions request for protocol "tools": the utterance, and the candidates as `tools`."""
-    lang = language(prompt.text)
-    return {"model": prompt.adapter or model, "messages": [{"role": "user", "content": prompt.text}], "temperature": 0.0,
+    """The chat-completions request for protocol "tools": the utterance, and the candidates as `tools`; in a conversation
+    the previous call comes first as the assistant's tool call, as a chat model expects it."""
+    context, command = split_context(prompt.text)
+    messages: list[dict[str, Any]] = []
+    if context is not None:
+        call = {"id": "call_previous", "type": "function",
+                "function": {"name": context["name"], "arguments": json.dumps(context["arguments"], ensure_ascii=False)}}
+        messages += [{"role": "assistant", "content": None, "tool_calls": [call]},
+                     {"role": "tool", "tool_call_id": "call_previous", "content": "done"}]
+    lang = language(command)
+    return {"model": prompt.adapter or model, "messages": [*messages, {"role": "user", "content": command}], "temperature": 0.0,
             "tools": [registry[name].openai_tool(lang) for name in prompt.candidates], "tool_choice": "auto"}
 
 
