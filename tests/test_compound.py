@@ -5,7 +5,7 @@ from fastapi.testclient import TestClient
 
 from tests.test_router import ScriptedEngine, tv_of
 from tvcall.app.engine.base import RouteResult
-from tvcall.app.engine.compound import choose_parts, route_compound, segmentations
+from tvcall.app.engine.compound import route_compound, segmentations
 from tvcall.app.serve.router import RouterConfig, create_app
 from tvcall.app.serve.sessions import UNDO
 from tvcall.data.compound import connectives, synthesize_compound
@@ -27,11 +27,25 @@ def result(name, confidence=0.9):
     return RouteResult(name, {}, confidence, 0.0, raw="")
 
 
+def scripted(answers):
+    return lambda texts: [result(answers.get(t)) for t in texts]
+
+
 def test_the_most_parts_that_all_ask_for_a_call_win():
-    routed = {"a": result("x.y.a"), "b": result("x.y.b"), "c": result(None), "b c": result("x.y.bc"), "a b": result("x.y.ab", 0.99)}
-    assert choose_parts([["a", "b c"], ["a", "b", "c"], ["a b", "c"]], routed) == ["a", "b c"]
-    assert choose_parts([["a b", "c"]], routed) is None
-    assert choose_parts([["a", "b"]], routed, alone={"x.y.b"}) is None
+    answers = {"a": "x.y.a", "b": "x.y.b", "b and c": "x.y.bc", "a and b": "x.y.ab"}
+    assert [r.name for r in route_compound(scripted(answers), "a and b and c")] == ["x.y.a", "x.y.bc"]
+    assert [r.name for r in route_compound(scripted(answers), "a and b")] == ["x.y.a", "x.y.b"]
+    assert [r.name for r in route_compound(scripted(answers), "a and b", alone={"x.y.b"})] == ["x.y.ab"]
+
+
+def test_each_part_follows_the_call_before_it():
+    def in_context(text, previous):
+        return f"after {previous[0]}: {text}" if previous else text
+
+    answers = {"volume 30": "sound.volume.set", "after sound.volume.set: 再大一点": "sound.volume.increase"}
+    routed = route_compound(scripted(answers), "volume 30 and then 再大一点", in_context=in_context)
+    assert [r.name for r in routed] == ["sound.volume.set", "sound.volume.increase"]
+    assert route_compound(scripted(answers), "volume 30 and then 再大一点")[0].name is None  # nothing to follow: one command
 
 
 def test_route_compound_falls_back_to_the_whole_text():

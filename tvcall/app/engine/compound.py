@@ -2,15 +2,16 @@
 each part routed as one command, constrained and validated as any call.
 
 Every way to cut the text at up to two connectives is a candidate (`segmentations`); a candidate counts only when
-each of its parts routes to a function, and the one with the most parts wins, then the most confident. A text with
-no such candidate is one command: "search for Tom and Jerry" stays whole because "Jerry" alone asks for nothing.
+each of its parts routes to a function, and the one with the most parts wins, then the most confident
+(`compound_walk`). A text with no such candidate is one command: "search for Tom and Jerry" stays whole because
+"Jerry" alone asks for nothing.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Generator
 from itertools import combinations
 from typing import Any
 
@@ -52,30 +53,62 @@ def segmentations(text: str, max_calls: int = MAX_CALLS) -> list[list[str]]:
     return options
 
 
-def choose_parts(options: Sequence[list[str]], routed: dict[str, RouteResult], alone: Collection[str] = ()) -> list[str] | None:
-    """The candidate whose parts all route to a valid call (none of them one of the functions said only `alone`, such as
-    "确定"): the most parts, then the highest summed log-confidence."""
-    def score(parts: list[str]) -> tuple[int, float]:
-        return len(parts), sum(math.log(max(routed[p].confidence, 1e-12)) for p in parts)
+Previous = tuple[str, dict[str, Any]] | None  # a conversation's previous call: (name, arguments)
+Walk = Generator[list[str], list[RouteResult], list[tuple[str, RouteResult]]]
 
+
+def compound_walk(text: str, previous: Previous, in_context: Callable[[str, Previous], str],
+                  alone: Collection[str] = ()) -> Walk:
+    """Route `text` as a coroutine: yields batches of texts to route, receives their results, returns (text routed,
+    result) for each call asked for, in order.
+
+    Each part is routed after the call of the part before it (the first after `previous`), as a conversation would
+    be, so "把音量调到20然后再大一点" turns the volume up from 20. A candidate counts only when every part routes to a
+    valid call that is not one of the functions said only `alone` (such as "确定"); the most parts win, then the
+    highest summed log-confidence. Without one, the text is one command."""
     def usable(result: RouteResult) -> bool:
         return result.name is not None and result.valid and result.name not in alone
 
-    found = [parts for parts in options if all(usable(routed[p]) for p in parts)]
-    return max(found, key=score) if found else None
+    results: dict[str, RouteResult] = {}
 
+    def chain(parts: list[str]) -> list[str] | None:
+        """The texts routed for `parts`, each after the call before it; None once one of them is not usable."""
+        texts, context = [], previous
+        for part in parts:
+            texts.append(in_context(part, context))
+            result = results.get(texts[-1])
+            if result is None:
+                return texts
+            if not usable(result):
+                return None
+            context = (result.name, result.arguments) if result.name else context
+        return texts
 
-def route_compound(route_many: Callable[[list[str]], list[RouteResult]], text: str,
-                   alone: Collection[str] = ()) -> list[RouteResult]:
-    """The calls `text` asks for, in order: one per part of its chosen segmentation, else the text as one command."""
     options = segmentations(text)
-    if options:
-        unique = list(dict.fromkeys(p for parts in options for p in parts))
-        routed = dict(zip(unique, route_many(unique), strict=True))
-        chosen = choose_parts(options, routed, alone)
-        if chosen is not None:
-            return [routed[p] for p in chosen]
-    return route_many([text])
+    for level in range(MAX_CALLS):
+        wanted = [texts[level] for parts in options if len(parts) > level and (texts := chain(parts[:level + 1]))]
+        new = [t for t in dict.fromkeys(wanted) if t not in results]
+        if new:
+            results.update(zip(new, (yield new), strict=True))
+    complete = [texts for parts in options if (texts := chain(parts)) is not None]
+    if complete:
+        best = max(complete, key=lambda texts: (len(texts), sum(math.log(max(results[t].confidence, 1e-12)) for t in texts)))
+        return [(t, results[t]) for t in best]
+    routed = in_context(text, previous)
+    return [(routed, (yield [routed])[0])]
+
+
+def route_compound(route_many: Callable[[list[str]], list[RouteResult]], text: str, previous: Previous = None,
+                   in_context: Callable[[str, Previous], str] = lambda text, _: text,
+                   alone: Collection[str] = ()) -> list[RouteResult]:
+    """`compound_walk` with its batches routed by `route_many`: the calls `text` asks for, in order."""
+    walk = compound_walk(text, previous, in_context, alone)
+    try:
+        batch = next(walk)
+        while True:
+            batch = walk.send(route_many(batch))
+    except StopIteration as done:
+        return [result for _, result in done.value]
 
 
 def route_many(engine: Engine) -> Callable[[list[str]], list[RouteResult]]:
@@ -84,8 +117,6 @@ def route_many(engine: Engine) -> Callable[[list[str]], list[RouteResult]]:
     return batched if batched is not None else (lambda texts: [engine.route(t) for t in texts])
 
 
-def route_calls(engine: Engine, text: str, previous: tuple[str, dict[str, Any]] | None = None,
-                alone: Collection[str] = ()) -> list[RouteResult]:
-    """`route_compound` through `engine`, each part after the conversation's `previous` call."""
-    route = route_many(engine)
-    return route_compound(lambda texts: route([engine.in_context(t, previous) for t in texts]), text, alone)
+def route_calls(engine: Engine, text: str, previous: Previous = None, alone: Collection[str] = ()) -> list[RouteResult]:
+    """`route_compound` through `engine`, the first part after the conversation's `previous` call."""
+    return route_compound(route_many(engine), text, previous, engine.in_context, alone)

@@ -34,7 +34,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, SecretStr
 
 from tvcall.app.engine.base import Engine, RouteResult
-from tvcall.app.engine.compound import choose_parts, segmentations
+from tvcall.app.engine.compound import compound_walk
 from tvcall.app.serve import openai_compat
 from tvcall.app.serve.api_models import (
     MAX_TEXT_CHARS,
@@ -124,17 +124,14 @@ def guess_lang(text: str) -> str:
 
 async def route_parts(state: RouterState, text: str, previous: tuple[str, dict[str, Any]] | None) -> list[tuple[str, RouteResult]]:
     """(text routed, its answer) for each call `text` asks for: the parts of a compound command
-    (`tvcall.app.engine.compound`), routed together through the batcher, else the text as one command."""
-    options = segmentations(text)
-    if options:
-        unique = list(dict.fromkeys(p for parts in options for p in parts))
-        texts = {p: state.engine.in_context(p, previous) for p in unique}
-        results = dict(zip(unique, await asyncio.gather(*(route_text(state, texts[p]) for p in unique)), strict=True))
-        chosen = choose_parts(options, results, alone=DIALOG_FUNCTIONS)
-        if chosen is not None:
-            return [(texts[p], results[p]) for p in chosen]
-    routed = state.engine.in_context(text, previous)
-    return [(routed, await route_text(state, routed))]
+    (`tvcall.app.engine.compound`), each batch routed together through the batcher, else the text as one command."""
+    walk = compound_walk(text, previous, state.engine.in_context, alone=DIALOG_FUNCTIONS)
+    try:
+        batch = next(walk)
+        while True:
+            batch = walk.send(list(await asyncio.gather(*(route_text(state, t) for t in batch))))
+    except StopIteration as done:
+        return done.value
 
 
 async def route_text(state: RouterState, text: str) -> RouteResult:
