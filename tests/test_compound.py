@@ -131,3 +131,16 @@ def test_every_connective_of_the_data_is_one_the_splitter_knows():
         for lang, first, second in (("zh", "把音量调到20", "切到HDMI2"), ("en", "pause", "turn on subtitles")):
             for connective in connectives()[split][lang]:
                 assert [first, second] in segmentations(first + connective + second), connective
+
+
+def test_a_bad_compound_line_names_its_file_line_and_field(tmp_path):
+    import pytest
+
+    from tvcall.data.splits import read_compound_split
+    from tvcall.errors import InputError
+
+    good = '{"id": "c-0", "text": "a and b", "lang": "en", "calls": [{"name": "x.y.a"}, {"name": "x.y.b"}], "parts": ["a", "b"]}'
+    (tmp_path / "compound-test.jsonl").write_text(good + "\n" + good.replace('"calls": [{"name": "x.y.a"}', '"calls": [{"nom": "x.y.a"}') + "\n")
+    with pytest.raises(InputError) as error:
+        read_compound_split(tmp_path, "compound-test")
+    assert "compound-test.jsonl" in str(error.value) and ":2" in str(error.value) and "calls.0.name" in str(error.value)

@@ -15,9 +15,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from tvcall.data.record import Record, json_lines, write_atomic
+from tvcall.data.record import Record, read_models, write_atomic
 from tvcall.data.split_names import COMPOUND_SPLITS
 from tvcall.data.synth import TEMPLATE_DIR
 from tvcall.errors import InputError
@@ -93,9 +93,4 @@ def write_compound(path: Path, records: list[CompoundRecord]) -> int:
 
 
 def read_compound(path: Path) -> Iterator[CompoundRecord]:
-    for number, value in json_lines(path):
-        try:
-            yield CompoundRecord.model_validate(value)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            raise InputError(path, number, ".".join(str(p) for p in error["loc"]) or "record", error["msg"]) from exc
+    return read_models(path, CompoundRecord)

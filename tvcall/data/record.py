@@ -7,11 +7,13 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError, model_validator
 
 from tvcall.errors import InputError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Span(BaseModel):
@@ -62,9 +64,14 @@ def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def read_jsonl(path: Path) -> Iterator[Record]:
+    return read_models(path, Record)
+
+
+def read_models(path: Path, model: type[M]) -> Iterator[M]:
+    """Each line of a JSONL file as `model`; a line that does not fit names the file, line and field."""
     for number, value in json_lines(path):
         try:
-            yield Record.model_validate(value)
+            yield model.model_validate(value)
         except ValidationError as exc:
             error = exc.errors()[0]
             field = ".".join(str(p) for p in error["loc"]) or "record"
