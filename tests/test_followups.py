@@ -233,3 +233,18 @@ def test_a_generic_chat_model_gets_the_previous_call_as_its_own_tool_call(regist
     assert [m["role"] for m in body["messages"]] == ["assistant", "tool", "user"]
     assert body["messages"][-1]["content"] == "再大一点"
     assert json.loads(body["messages"][0]["tool_calls"][0]["function"]["arguments"]) == {"value": 20}
+
+
+def test_a_followup_without_an_answer_follows_an_object_it_cannot_act_on(registry, followup_splits):
+    from tvcall.data.followups import FOLLOWS, families, followup_kind
+
+    kinds_of: dict[str, set[str]] = {}
+    for kind, found in families(registry).items():
+        for family in found:
+            for spec in family.functions.values():
+                kinds_of.setdefault(spec.name.rsplit(".", 1)[0], set()).add(kind)
+    for record in followup_splits[0] + followup_splits[1]:
+        context, _ = P.split_context(record.text)
+        if followup_kind(record) == "without a usable context" and context is not None:
+            kind = record.template.removeprefix("followup.").split(":")[0]
+            assert not kinds_of[context["name"].rsplit(".", 1)[0]] & set(FOLLOWS[kind]), record.text

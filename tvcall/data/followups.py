@@ -80,6 +80,10 @@ def followup_kind(record: Record) -> str | None:
     return AFTER_A_CALL if split_context(record.text)[0] is not None else None
 
 
+def object_of(spec: FunctionSpec) -> str:
+    return spec.name.rsplit(".", 1)[0]
+
+
 @dataclass(frozen=True)
 class Family:
     """The functions of one object made from one template kind: action (or, for queries, name) → spec."""
@@ -98,7 +102,7 @@ def families(registry: Registry) -> dict[str, list[Family]]:
         # one object may have several families of a kind (a light's brightness and colour temperature): the rest of
         # the function's last name part tells them apart ("set_brightness" → "_brightness")
         attribute = spec.name.rsplit(".", 1)[1].replace(action, "", 1) if action else ""
-        grouped[spec.name.rsplit(".", 1)[0], kind, attribute][action or spec.name] = spec
+        grouped[object_of(spec), kind, attribute][action or spec.name] = spec
     found: dict[str, list[Family]] = defaultdict(list)
     for (_, kind, _), functions in sorted(grouped.items()):
         found[kind].append(Family(kind, functions))
@@ -233,8 +237,11 @@ class FollowupMaker:
         if self.rng.random() < 0.5:
             text = command
         else:
-            # another kind's family: after a one-off call ("打开字幕"), "关掉吧" may well follow it
-            unrelated = [f for k, found in self.families.items() if k not in FOLLOWS[kind] for f in found]
+            # a family of an object with no family the follow-up can follow: after a one-off call ("打开字幕"), or a
+            # range hood's fan speed (the hood has a switch too), "关掉吧" may well follow it
+            followed = {object_of(s) for k in FOLLOWS[kind] for f in self.families.get(k, []) for s in f.functions.values()}
+            unrelated = [f for found in self.families.values() for f in found
+                         if not followed & {object_of(s) for s in f.functions.values()}]
             spec = self.rng.choice(list(self.rng.choice(unrelated).functions.values()))
             text = with_context(command, *context_call(spec, lang, self.split, self.rng))
         return Record(id=rid, text=text, lang=lang, function=None, template=f"{TEMPLATE_PREFIX}{kind}:{template}")
@@ -242,7 +249,7 @@ class FollowupMaker:
     def after_a_call(self, single: Record, rid: str) -> Record:
         """A single command said after a call on another object: answered as without it."""
         own = (single.function or "").rsplit(".", 1)[0]
-        spec = self.rng.choice([s for s in self.callable if s.name.rsplit(".", 1)[0] != own])
+        spec = self.rng.choice([s for s in self.callable if object_of(s) != own])
         head = answer_text(*context_call(spec, single.lang, self.split, self.rng)) + CONTEXT_SEPARATOR
         return single.model_copy(update={"id": rid, "text": head + single.text, "spans": shifted(single.spans, len(head))})
 
