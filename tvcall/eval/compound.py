@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from tvcall.app.engine.base import Engine
 from tvcall.app.engine.compound import route_calls, segmentations
+from tvcall.app.serve.sessions import DIALOG_FUNCTIONS
 from tvcall.data.compound import CompoundRecord
 from tvcall.data.record import Record, write_atomic
 
@@ -37,7 +38,7 @@ def compound_metrics(records: list[CompoundRecord], predicted: list[list[dict[st
 def singles_cut(engine: Engine, singles: list[Record]) -> dict[str, Any]:
     """How many single commands (in scope) the router would cut into several calls: each one is a wrong answer."""
     candidates = [r for r in singles if r.function is not None and segmentations(r.text)]
-    cut = [r.text for r in tqdm(candidates, desc="singles with a connective", unit="utt") if len(route_calls(engine, r.text)) > 1]
+    cut = [r.text for r in tqdm(candidates, desc="singles with a connective", unit="utt") if len(route_calls(engine, r.text, alone=DIALOG_FUNCTIONS)) > 1]
     return {"singles": len(singles), "singles_with_a_connective": len(candidates), "singles_cut": len(cut),
             "singles_cut_examples": cut[:10]}
 
@@ -50,7 +51,7 @@ def evaluate_compound(engine: Engine, records: list[CompoundRecord], out_dir: Pa
     predicted, latencies = [], []
     for record in tqdm(records, desc="eval (compound)", unit="utt"):
         begun = time.perf_counter()
-        predicted.append(_calls(route_calls(engine, record.text)))
+        predicted.append(_calls(route_calls(engine, record.text, alone=DIALOG_FUNCTIONS)))
         latencies.append((time.perf_counter() - begun) * 1000)
     metrics = compound_metrics(records, predicted) | {
         "latency_ms_p50": round(float(np.percentile(latencies, 50)), 1) if latencies else None,

@@ -137,8 +137,8 @@ def fits(schema: dict[str, Any], value: Any) -> bool:
 
 
 def argument_plan(spec: FunctionSpec, text: str) -> ArgumentPlan:
-    """What the command says for each parameter; a value carried from the previous call joins a typed key's said
-    values (a string key's copies, see `copy_values`), and makes its key available but never required."""
+    """What the command says for each parameter. A value carried from the previous call is a typed key's value when
+    the command says none (a string key's copy, see `copy_values`), and its key must be filled."""
     context, command = split_context(text)
     matches = said_matches(spec, command)
     said = {key: values_of(found) for key, found in matches.items()}
@@ -147,7 +147,9 @@ def argument_plan(spec: FunctionSpec, text: str) -> ArgumentPlan:
         if key in said and not said[key]:  # a value the command says replaces the previous one ("no, HDMI 2")
             said[key] = [value]
     available = frozenset(key for key in spec.properties if key not in said or said[key])
-    return ArgumentPlan(said, available, said_keys(spec, matches), command, carried)
+    # a carried value stays unless the command says another: "关掉吧" after the kitchen light keeps the kitchen
+    kept = frozenset(key for key in carried if not matches.get(key))
+    return ArgumentPlan(said, available, said_keys(spec, matches) | kept, command, carried)
 
 
 def copy_values(plan: ArgumentPlan, key: str, taken: Sequence[tuple[int, int]] = ()) -> list[str]:
