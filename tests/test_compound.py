@@ -144,13 +144,3 @@ def test_a_bad_compound_line_names_its_file_line_and_field(tmp_path):
     with pytest.raises(InputError) as error:
         read_compound_split(tmp_path, "compound-test")
     assert "compound-test.jsonl" in str(error.value) and ":2" in str(error.value) and "calls.0.name" in str(error.value)
-
-
-def test_a_cut_must_be_surer_of_each_part_than_of_the_whole():
-    def route(texts):
-        sure = {"start the auto skip intro and credits": ("playback.skip_intro.turn_on", 0.97),
-                "start the auto skip intro": ("playback.skip_intro.turn_on", 0.95), "credits": ("app.credits.open", 0.4)}
-        return [result(*sure.get(t, (None, 0.9))) for t in texts]
-
-    routed = route_compound(route, "start the auto skip intro and credits")
-    assert [r.name for r in routed] == ["playback.skip_intro.turn_on"] and routed[0].confidence == 0.97

@@ -64,14 +64,12 @@ def compound_walk(text: str, previous: Previous, in_context: Callable[[str, Prev
 
     Each part is routed after the call of the part before it (the first after `previous`), as a conversation would
     be, so "把音量调到20然后再大一点" turns the volume up from 20. A candidate counts only when every part routes to a
-    valid call that is not one of the functions said only `alone` (such as "确定"), each at least as confident as the
-    whole text routed as one command; the most parts win, then the highest summed log-confidence. Without one, the
-    text is one command."""
+    valid call that is not one of the functions said only `alone` (such as "确定"); the most parts win, then the
+    highest summed log-confidence. Without one, the text is one command."""
     def usable(result: RouteResult) -> bool:
         return result.name is not None and result.valid and result.name not in alone
 
     results: dict[str, RouteResult] = {}
-    whole = in_context(text, previous)
 
     def chain(parts: list[str]) -> list[str] | None:
         """The texts routed for `parts`, each after the call before it; None once one of them is not usable."""
@@ -89,18 +87,15 @@ def compound_walk(text: str, previous: Previous, in_context: Callable[[str, Prev
     options = segmentations(text)
     for level in range(MAX_CALLS):
         wanted = [texts[level] for parts in options if len(parts) > level and (texts := chain(parts[:level + 1]))]
-        new = [t for t in dict.fromkeys([*wanted, *([whole] if level == 0 else [])]) if t not in results]
+        new = [t for t in dict.fromkeys(wanted) if t not in results]
         if new:
             results.update(zip(new, (yield new), strict=True))
-    # a cut must be surer of each part than of the whole: "start the auto skip intro and credits" is one command the
-    # model is sure of, and "credits" alone a guess
-    bar = results[whole].confidence if whole in results and usable(results[whole]) else 0.0
-    complete = [texts for parts in options if (texts := chain(parts)) is not None
-                and min(results[t].confidence for t in texts) >= bar]
+    complete = [texts for parts in options if (texts := chain(parts)) is not None]
     if complete:
         best = max(complete, key=lambda texts: (len(texts), sum(math.log(max(results[t].confidence, 1e-12)) for t in texts)))
         return [(t, results[t]) for t in best]
-    return [(whole, results[whole] if whole in results else (yield [whole])[0])]
+    whole = in_context(text, previous)
+    return [(whole, (yield [whole])[0])]
 
 
 def route_compound(route_many: Callable[[list[str]], list[RouteResult]], text: str, previous: Previous = None,
