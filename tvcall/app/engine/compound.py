@@ -81,7 +81,7 @@ def compound_walk(text: str, previous: Previous, in_context: Callable[[str, Prev
                 return texts
             if not usable(result):
                 return None
-            context = (result.name, result.arguments) if result.name else context
+            context = (result.name, result.arguments)  # usable: it names a function
         return texts
 
     options = segmentations(text)
