@@ -1,9 +1,13 @@
 """Compound commands: split at connectives only where every part asks for a call, answered as a list in order through
 /v1/route and the chat endpoint, executed in order, and held whole when one of them is risky."""
 
+import asyncio
+
 from fastapi.testclient import TestClient
 
 from tests.test_router import ScriptedEngine, tv_of
+from tests.test_traffic import rows
+from tvcall.app.demo.page import Demo
 from tvcall.app.engine.base import RouteResult
 from tvcall.app.engine.compound import route_compound, segmentations
 from tvcall.app.serve.router import RouterConfig, create_app
@@ -110,6 +114,44 @@ def test_a_risky_call_holds_the_whole_list_until_confirmed(registry):
         assert held["needs_confirmation"] and tv_of(client).volume != 30
         done = client.post("/v1/confirm", json={"token": held["confirmation_token"]}).json()
         assert [c["name"] for c in done["calls"]] == ["sound.volume.set", "system.device.factory_reset"]
+
+
+def test_a_confirmed_list_records_each_calls_outcome_in_the_traffic_log(registry, tmp_path):
+    path = tmp_path / "traffic.sqlite"
+    with TestClient(create_app(ScriptedEngine(registry, COMPOUND_SCRIPT), RouterConfig(traffic=str(path)))) as client:
+        held = client.post("/v1/route", json={"text": "volume 30 and then reset everything", "execute": True}).json()
+        assert {r["confirmation"] for r in rows(path)} == {"held"} and len(rows(path)) == 2
+        client.post("/v1/confirm", json={"token": held["confirmation_token"]})
+    assert {(r["name"], r["confirmation"], r["executed"]) for r in rows(path)} == {
+        ("sound.volume.set", "confirmed", 1), ("system.device.factory_reset", "confirmed", 1)}
+
+
+def test_a_webhook_failing_partway_reports_what_ran_and_runs_nothing_after(registry):
+    dead = "http://127.0.0.1:9/hook"  # the discard port: nothing listens
+    config = RouterConfig(webhooks={"smarthome": dead}, webhook_timeout_s=0.5)
+    with TestClient(create_app(ScriptedEngine(registry, COMPOUND_SCRIPT), config)) as client:
+        response = client.post("/v1/route", json={"text": "volume 30 and then bedroom light on and then search for Tom",
+                                                  "execute": True})
+        assert response.status_code == 200
+        ran, failed, skipped = (c["result"] for c in response.json()["calls"])
+        assert ran["ok"] and tv_of(client).volume == 30
+        assert not failed["ok"] and "did not run" in failed["message"]
+        assert not skipped["ok"] and "smarthome.light.turn_on before it failed" in skipped["message"]
+        assert [c["name"] for c in tv_of(client).state.history] == ["sound.volume.set"]
+        first_fails = client.post("/v1/route", json={"text": "bedroom light on and then volume 30", "execute": True})
+        assert first_fails.status_code == 502 and tv_of(client).volume == 30  # nothing ran: the request's error
+
+
+def test_the_demo_runs_a_compound_command_and_holds_a_risky_list_whole(registry):
+    demo = Demo(ScriptedEngine(registry, COMPOUND_SCRIPT))
+    outcome = asyncio.run(demo.run_text("volume 30 and then bedroom light on"))
+    assert [c["name"] for c in outcome.call["calls"]] == ["sound.volume.set", "smarthome.light.turn_on"]
+    assert demo.executed == 2 and outcome.status.startswith("Ran `sound.volume.set`")
+    assert ("bedroom", "room") in outcome.highlights and ("30", "value") in outcome.highlights
+    held = asyncio.run(demo.run_text("volume 30 and then reset everything"))
+    assert held.pending and demo.state.tv.state.factory_resets == 0 and "whole command" in held.question
+    assert "ran `system.device.factory_reset`" in asyncio.run(demo.confirm(held.pending))
+    assert demo.state.tv.state.factory_resets == 1 and demo.executed == 4
 
 
 def test_a_reply_to_the_conversation_is_never_part_of_a_list(registry):

@@ -35,13 +35,16 @@ def demo(engine):
 
 def test_slots_are_highlighted_where_the_utterance_says_them(registry):
     spec = registry["sound.volume.set"]
-    assert slot_highlights("set the volume to 35", {"value": 35}, spec, "en") == [("set the volume to ", None), ("35", "value")]
-    assert slot_highlights("把音量调到二十", {"value": 20}, spec, "zh") == [("把音量调到", None), ("二十", "value")]
+    assert slot_highlights("set the volume to 35", [({"value": 35}, spec)], "en") == [("set the volume to ", None), ("35", "value")]
+    assert slot_highlights("把音量调到二十", [({"value": 20}, spec)], "zh") == [("把音量调到", None), ("二十", "value")]
     source = registry["input.source.switch"]
-    assert slot_highlights("switch to HDMI 2 please", {"source": "hdmi2"}, source, "en") == [
+    assert slot_highlights("switch to HDMI 2 please", [({"source": "hdmi2"}, source)], "en") == [
         ("switch to ", None), ("HDMI 2", "source"), (" please", None)]
-    assert slot_highlights("open Netflix", {"app": "Netflix"}, registry["app.application.open"], "en")[-1] == ("Netflix", "app")
-    assert slot_highlights("pause", {}, registry["playback.media.pause"], "en") == [("pause", None)]
+    assert slot_highlights("open Netflix", [({"app": "Netflix"}, registry["app.application.open"])], "en")[-1] == ("Netflix", "app")
+    assert slot_highlights("pause", [({}, registry["playback.media.pause"])], "en") == [("pause", None)]
+    both = [({"value": 20}, spec), ({"source": "hdmi2"}, source)]  # a compound command's two calls
+    assert slot_highlights("volume 20 then HDMI 2", both, "en") == [
+        ("volume ", None), ("20", "value"), (" then ", None), ("HDMI 2", "source")]
 
 
 def test_bad_input_gives_a_message_not_a_crash(demo, tmp_path):
@@ -64,23 +67,23 @@ def test_a_typed_command_runs_on_the_tv(demo, registry):
 def test_risky_calls_wait_for_confirmation(demo):
     outcome = asyncio.run(demo.run_text("reset everything"))  # whatever the base model picks, then a risky call by hand
     held = RouteResult("system.device.factory_reset", {}, 0.9, 1.0, raw="")
-    outcome = demo._describe("factory reset the TV", held, "en", None)
-    asyncio.run(demo._act(outcome, held, "en"))
+    outcome = demo._describe("factory reset the TV", [held], "en", None)
+    asyncio.run(demo._act(outcome, [held], "en"))
     assert outcome.pending and "risky" in outcome.question and demo.state.tv.state.factory_resets == 0
     assert "Confirmed and ran `system.device.factory_reset`" in asyncio.run(demo.confirm(outcome.pending))
     assert demo.state.tv.state.factory_resets == 1
     assert asyncio.run(demo.confirm(outcome.pending)).startswith("Nothing to confirm")  # single use
-    asyncio.run(demo._act(outcome, held, "en"))
+    asyncio.run(demo._act(outcome, [held], "en"))
     assert demo.cancel(outcome.pending) == "Cancelled `system.device.factory_reset`."
     assert demo.state.tv.state.factory_resets == 1
 
 
 def test_a_call_under_the_act_threshold_asks_instead_of_running(demo):
     unsure = RouteResult("sound.volume.set", {"value": 35}, 0.3, 1.0, raw="", candidates=["sound.volume.increase"])
-    outcome = demo._describe("volume thirty five maybe", unsure, "en", None)
+    outcome = demo._describe("volume thirty five maybe", [unsure], "en", None)
     demo.state.act_threshold = 0.5
     try:
-        asyncio.run(demo._act(outcome, unsure, "en"))
+        asyncio.run(demo._act(outcome, [unsure], "en"))
     finally:
         demo.state.act_threshold = 0.0
     assert outcome.status.startswith("Not sure enough to run `sound.volume.set`")

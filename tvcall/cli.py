@@ -301,7 +301,7 @@ def _commands(texts: list[str]) -> Iterator[str]:
 
 def cmd_route(args: argparse.Namespace) -> None:
     from tvcall.app.engine.compound import route_calls
-    from tvcall.app.serve.sessions import DIALOG_FUNCTIONS
+    from tvcall.app.serve.sessions import DIALOG_FUNCTIONS, context_after
 
     engine = _backend_engine(args)  # loaded once, however many commands follow
     if args.conversation and not engine.follows_up:
@@ -309,8 +309,7 @@ def cmd_route(args: argparse.Namespace) -> None:
     previous: tuple[str, dict[str, Any]] | None = None
     for text in _commands(args.text):
         results = route_calls(engine, text, previous if args.conversation else None, alone=DIALOG_FUNCTIONS)
-        said = [r for r in results if r.name is not None and r.name not in DIALOG_FUNCTIONS]
-        previous = (said[-1].name, said[-1].arguments) if said and said[-1].name else previous
+        previous = context_after(previous, [(r.name, r.arguments) for r in results])
         outs = []
         for result in results:
             out = result.call()

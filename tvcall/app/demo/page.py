@@ -24,8 +24,8 @@ from tvcall.app.demo.asr import LANGS, AudioError, Transcript, load_model, trans
 from tvcall.app.demo.review import Draft, ReviewDesk, highlights
 from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.app.serve.api_models import MAX_TEXT_CHARS, check_text
-from tvcall.app.serve.router import RouterConfig, RouterState, dialog_reply, execute_in, guess_lang, route_text
-from tvcall.app.serve.sessions import DIALOG_FUNCTIONS
+from tvcall.app.serve.router import RouterConfig, RouterState, act, guess_lang, route_parts, run_calls
+from tvcall.app.serve.sessions import DIALOG_FUNCTIONS, context_after
 from tvcall.data.grounding import value_surfaces  # the forms eval uses to locate a value in the text
 from tvcall.functions.spec import FunctionSpec
 
@@ -50,12 +50,13 @@ class Outcome:
     question: str = ""
 
 
-def slot_highlights(text: str, arguments: dict[str, Any], spec: FunctionSpec | None, lang: str) -> list[tuple[str, str | None]]:
-    """`text` cut into (segment, slot or None): each argument at the first place one of its surface forms occurs."""
+def slot_highlights(text: str, calls: list[tuple[dict[str, Any], FunctionSpec]], lang: str) -> list[tuple[str, str | None]]:
+    """`text` cut into (segment, slot or None): each argument of each call (its arguments, its function) at the first
+    free place one of its surface forms occurs."""
     lowered = text.lower()
     taken: list[tuple[int, int, str]] = []
-    for slot, value in arguments.items():
-        schema = spec.properties.get(slot, {}) if spec else {}
+    for slot, value, spec in [(slot, value, spec) for arguments, spec in calls for slot, value in arguments.items()]:
+        schema = spec.properties.get(slot, {})
         for form in sorted(value_surfaces(value, schema, lang), key=len, reverse=True):
             start = lowered.find(form.lower()) if form else -1
             end = start + len(form)
@@ -151,16 +152,15 @@ class Demo:
             return Outcome(f"The command is over {MAX_TEXT_CHARS} characters; say one command.", heard)
         await self._started()
         session = self.state.sessions.get(DEMO_SESSION)
-        try:  # after the page's last call: "再大一点" follows it
-            result = await route_text(self.state, self.state.engine.in_context(text, session.last_answer))
+        try:  # after the page's last call, so "再大一点" follows it; a compound command gives several
+            results = [r for _, r in await route_parts(self.state, text, session.last_answer)]
         except HTTPException as exc:
             return Outcome(f"Could not route this command: {exc.detail}", heard)
-        if result.name is not None and result.name not in DIALOG_FUNCTIONS:
-            session.last_answer = (result.name, dict(result.arguments))
+        session.last_answer = context_after(session.last_answer, [(r.name, r.arguments) for r in results])
         lang = transcript.lang if transcript else guess_lang(text)
-        outcome = self._describe(text, result, lang, transcript)
-        if result.name is not None:
-            await self._act(outcome, result, lang)
+        outcome = self._describe(text, results, lang, transcript)
+        if any(r.name for r in results):
+            await self._act(outcome, results, lang)
         return outcome
 
     async def run_audio(self, path: str | None, lang: str) -> Outcome:
@@ -178,52 +178,62 @@ class Demo:
         if pending is None:
             return "Nothing to confirm (the request expired or was already handled)."
         await self._started()
-        result = await execute_in(self.state, self.state.sessions.get(DEMO_SESSION), pending.name, pending.arguments, lang)
-        self.executed += 1
-        return f"Confirmed and ran `{pending.name}`: {result.get('message', '')}"
+        try:
+            done = await run_calls(self.state, self.state.sessions.get(DEMO_SESSION), pending.calls, lang)
+        except HTTPException as exc:
+            return f"`{pending.name}` could not run: {exc.detail}"
+        self.executed += sum(r.get("ok", True) for r in done)
+        return "Confirmed and " + "; ".join(f"ran `{r['name']}`: {r.get('message', '')}" for r in done)
 
     def cancel(self, token: str | None) -> str:
         pending = self.state.confirmations.take(token) if token else None
         self._langs.pop(token or "", None)
-        return f"Cancelled `{pending.name}`." if pending else "Nothing to cancel."
+        return f"Cancelled {', '.join(f'`{n}`' for n, _ in pending.calls)}." if pending else "Nothing to cancel."
 
-    def _describe(self, text: str, result: RouteResult, lang: str, transcript: Transcript | None) -> Outcome:
-        spec = self.state.registry[result.name] if result.name else None
-        timing = f"confidence **{result.confidence:.2f}** · routing **{result.latency_ms:.0f} ms**"
+    def _describe(self, text: str, results: list[RouteResult], lang: str, transcript: Transcript | None) -> Outcome:
+        """The page's view of a command's calls (one, or a compound command's several), before any runs."""
+        named = [r for r in results if r.name]
+        confidence = min((r.confidence for r in named), default=results[0].confidence)
+        routing = sum(r.latency_ms for r in results)
+        timing = f"confidence **{confidence:.2f}** · routing **{routing:.0f} ms**"
         if transcript is not None:
-            timing = (f"confidence **{result.confidence:.2f}** · speech recognition **{transcript.latency_ms:.0f} ms** "
-                      f"(clip {transcript.audio_s:.1f} s) · routing **{result.latency_ms:.0f} ms** · "
-                      f"voice-to-call **{transcript.latency_ms + result.latency_ms:.0f} ms**")
-        status = "No TV function matches this command." if spec is None else f"`{spec.name}`: {spec.description.forms(lang)[0]}"
-        return Outcome(status, text if transcript else "", slot_highlights(text, result.arguments, spec, lang), result.call(), timing)
+            timing = (f"confidence **{confidence:.2f}** · speech recognition **{transcript.latency_ms:.0f} ms** "
+                      f"(clip {transcript.audio_s:.1f} s) · routing **{routing:.0f} ms** · "
+                      f"voice-to-call **{transcript.latency_ms + routing:.0f} ms**")
+        specs = [self.state.registry[r.name] for r in named]
+        status = " · ".join(f"`{spec.name}`: {spec.description.forms(lang)[0]}" for spec in specs) or "No TV function matches this command."
+        call = named[0].call() if len(named) == 1 else {"calls": [r.call() for r in named]} if named else results[0].call()
+        marked = slot_highlights(text, [(r.arguments, spec) for r, spec in zip(named, specs, strict=True)], lang)
+        return Outcome(status, text if transcript else "", marked, call, timing)
 
-    async def _act(self, outcome: Outcome, result: RouteResult, lang: str) -> None:
-        assert result.name is not None
-        spec = self.state.registry[result.name]
-        if asked := self.state.clarification(result):
-            outcome.status = (f"Not sure enough to run `{spec.name}` (confidence {result.confidence:.3f}, under "
-                              f"{self.state.act_threshold:.3f}). Did you mean " + ", ".join(f"`{n}`" for n in asked) + "?")
-            return
+    async def _act(self, outcome: Outcome, results: list[RouteResult], lang: str) -> None:
+        """Run the calls as the router's `execute` does (`act`), and say what happened."""
         session = self.state.sessions.get(DEMO_SESSION)
-        if spec.name in DIALOG_FUNCTIONS:
-            done = await dialog_reply(self.state, session, spec.name, lang)
+        try:
+            acted = await act(self.state, session, [r for r in results if r.name], lang)
+        except HTTPException as exc:
+            outcome.status = f"{', '.join(f'`{r.name}`' for r in results if r.name)} could not run: {exc.detail}"
+            return
+        if acted.candidates:
+            unsure = next(r for r in results if r.name and self.state.clarification(r))
+            outcome.status = (f"Not sure enough to run `{unsure.name}` (confidence {unsure.confidence:.3f}, under "
+                              f"{self.state.act_threshold:.3f}). Did you mean " + ", ".join(f"`{n}`" for n in acted.candidates) + "?")
+        elif acted.token:
+            outcome.pending = acted.token
+            self._langs[acted.token] = lang
+            risky = [self.state.registry[r.name] for r in results if r.name and self.state.registry[r.name].risk == "confirm"]
+            outcome.question = ("⚠️ " + ", ".join(f"**{spec.description.forms(lang)[0]}** (`{spec.name}`)" for spec in risky)
+                                + " is a risky action. Run " + ("it" if len(results) == 1 else "the whole command") + "?")
+            outcome.status = f"{', '.join(f'`{r.name}`' for r in results if r.name)} waits for your confirmation."
+        elif len(results) == 1 and results[0].name in DIALOG_FUNCTIONS:
+            done = acted.results[0]
             if done["ok"] and done["name"] not in DIALOG_FUNCTIONS:  # a confirmed call ran
                 self.executed += 1
-            outcome.status = f"`{spec.name}`: {done['message']}"
-            return
-        if spec.risk == "confirm":
-            outcome.pending = session.pending_token = self.state.confirmations.hold(spec.name, result.arguments)
-            self._langs[outcome.pending] = lang
-            outcome.question = f"⚠️ **{spec.description.forms(lang)[0]}** (`{spec.name}`) is a risky action. Run it?"
-            outcome.status = f"`{spec.name}` waits for your confirmation."
-            return
-        try:
-            done = await execute_in(self.state, session, spec.name, result.arguments, lang)
-        except (HTTPException, ValueError) as exc:
-            outcome.status = f"`{spec.name}` could not run: {getattr(exc, 'detail', exc)}"
-            return
-        self.executed += 1
-        outcome.status = f"Ran `{spec.name}`: {done.get('message', '')}"
+            outcome.status = f"`{results[0].name}`: {done['message']}"
+        else:
+            self.executed += sum(r.get("ok", True) for r in acted.results)
+            outcome.status = "; ".join(("Ran" if i == 0 else "ran") + f" `{r['name']}`: {r.get('message', '')}"
+                                       for i, r in enumerate(acted.results))
 
 
 def build_app(demo: Demo) -> Any:

@@ -39,17 +39,23 @@ def parse_webhooks(items: list[str], registry: Registry) -> dict[str, str]:
     return webhooks
 
 
+Call = tuple[str, dict[str, Any]]  # (name, arguments)
+
+
 @dataclass
 class PendingCall:
-    name: str
-    arguments: dict[str, Any]
+    calls: list[Call]  # one call, or a compound command's calls held together, in order
     expires_at: float
-    request_id: str | None = None  # the answered request that held it (the traffic log records the outcome)
-    then: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # a compound command's other calls, held with it
+    request_ids: list[str | None] = field(default_factory=list)  # each call's answered request (the traffic log
+                                                                 # records its outcome), when known
 
     @property
-    def calls(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(self.name, self.arguments), *self.then]
+    def name(self) -> str:
+        return self.calls[0][0]
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        return self.calls[0][1]
 
 
 class Confirmations:
@@ -59,13 +65,13 @@ class Confirmations:
         self.ttl_s, self.max_pending = ttl_s, max_pending
         self._pending: OrderedDict[str, PendingCall] = OrderedDict()
 
-    def hold(self, name: str, arguments: dict[str, Any], request_id: str | None = None,
-             then: list[tuple[str, dict[str, Any]]] | None = None) -> str:
+    def hold(self, calls: list[Call], request_ids: list[str | None] | None = None) -> str:
         self._expire()
         while len(self._pending) >= self.max_pending:
             self._pending.popitem(last=False)
         token = secrets.token_urlsafe(24)
-        self._pending[token] = PendingCall(name, dict(arguments), time.monotonic() + self.ttl_s, request_id, list(then or []))
+        self._pending[token] = PendingCall([(n, dict(a)) for n, a in calls], time.monotonic() + self.ttl_s,
+                                           list(request_ids or []))
         return token
 
     def take(self, token: str) -> PendingCall | None:

@@ -26,6 +26,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,11 +56,11 @@ from tvcall.app.serve.api_models import (
     check_text,
 )
 from tvcall.app.serve.batcher import Batcher, QueueFull, TextTooLong
-from tvcall.app.serve.dispatch import TV_TARGET, Confirmations, Dispatcher, WebhookError
+from tvcall.app.serve.dispatch import TV_TARGET, Call, Confirmations, Dispatcher, WebhookError
 from tvcall.app.serve.http_errors import ERRORS, GET_ERRORS, install_error_handlers
 from tvcall.app.serve.metrics import Metrics, RequestMetrics
 from tvcall.app.serve.security import BodyLimit, escape_for_log, require_token
-from tvcall.app.serve.sessions import CANCEL, DIALOG_FUNCTIONS, UNDO, DoneCall, Session, Sessions, reply
+from tvcall.app.serve.sessions import CANCEL, DIALOG_FUNCTIONS, UNDO, DoneCall, Session, Sessions, context_after, reply
 from tvcall.app.serve.traffic import Answered, TrafficLog, UnknownRequest, new_request_id
 from tvcall.functions.tv import CallResult, SimulatedTV
 from tvcall.functions.validate import call_errors
@@ -113,9 +114,13 @@ class RouterState:
         if self.traffic is not None and not await self.traffic.record(answered):
             self.metrics.errors.labels("traffic_log").inc()
 
-    async def log_outcome(self, request_id: str | None, confirmation: str, executed: bool = True) -> None:
-        if self.traffic is not None and request_id is not None and not await self.traffic.mark(request_id, executed, confirmation):
-            self.metrics.errors.labels("traffic_log").inc()
+    async def log_outcome(self, request_ids: list[str | None], confirmation: str,
+                          results: list[dict[str, Any]] | None = None) -> None:
+        """Each held call's confirmation outcome, executed as its result says (nothing ran without `results`)."""
+        for index, request_id in enumerate(request_ids):
+            executed = bool(results and results[index].get("ok", True))
+            if self.traffic is not None and request_id is not None and not await self.traffic.mark(request_id, executed, confirmation):
+                self.metrics.errors.labels("traffic_log").inc()
 
 
 def guess_lang(text: str) -> str:
@@ -173,29 +178,22 @@ def build_api(state: RouterState) -> APIRouter:
         first = parts[0][1]
         response = RouteResponse(id=calls[0].id if calls else new_request_id("req"), name=first.name, arguments=first.arguments,
                                  confidence=first.confidence, latency_ms=0.0, calls=calls, risky=any(c.risky for c in calls))
-        if session is not None and calls and calls[-1].name not in DIALOG_FUNCTIONS:
-            session.last_answer = (calls[-1].name, dict(calls[-1].arguments))
+        if session is not None:
+            session.last_answer = context_after(session.last_answer, [(c.name, c.arguments) for c in calls])
+        acted = await act(state, session, [r for _, r in parts if r.name], lang, [c.id for c in calls]) if body.execute and calls else None
         confirmation = None
-        unsure = next((asked for _, r in parts if (asked := state.clarification(r))), None) if body.execute else None
-        if unsure:
-            response.needs_clarification, response.candidates = True, unsure
-        elif body.execute and len(calls) == 1 and calls[0].name in DIALOG_FUNCTIONS:
-            response.result = calls[0].result = await dialog_reply(state, session, calls[0].name, lang)
-        elif body.execute and response.risky:
-            response.needs_confirmation, confirmation = True, "held"
-            response.confirmation_token = state.confirmations.hold(
-                calls[0].name, calls[0].arguments, response.id, then=[(c.name, c.arguments) for c in calls[1:]])
+        if acted and acted.candidates:
+            response.needs_clarification, response.candidates = True, acted.candidates
+        elif acted and acted.token:
+            response.needs_confirmation, response.confirmation_token, confirmation = True, acted.token, "held"
             response.expires_in_s = state.config.confirm_ttl_s
-            state.metrics.confirmations.labels("held").inc()
-            if session is not None:
-                session.pending_token = response.confirmation_token
-        elif body.execute and calls:
-            for call in calls:
-                call.result = await execute_in(state, session, call.name, call.arguments, lang)
-            response.result = calls[0].result
+        elif acted:
+            for call, result in zip(calls, acted.results, strict=True):
+                call.result = result
+            response.result = acted.results[0]
         response.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        logged = [(text, call) for (text, r), call in zip([p for p in parts if p[1].name], calls, strict=True)]
-        for text, call in logged or [(parts[0][0], None)]:
+        named = [text for text, r in parts if r.name]  # each call's own text (a compound command's part)
+        for text, call in list(zip(named, calls, strict=True)) or [(parts[0][0], None)]:
             await state.log(Answered(call.id if call else response.id, "/v1/route", text, lang, call.name if call else None,
                                      call.arguments if call else {}, call.confidence if call else first.confidence,
                                      response.latency_ms, executed=bool(call and call.result and call.result.get("ok", True)),
@@ -208,8 +206,8 @@ def build_api(state: RouterState) -> APIRouter:
         if pending is None:
             raise HTTPException(404, "unknown, used or expired confirmation token")
         state.metrics.confirmations.labels("confirmed").inc()
-        results = [await execute(state, name, arguments, body.lang) for name, arguments in pending.calls]
-        await state.log_outcome(pending.request_id, "confirmed")
+        results = await run_calls(state, None, pending.calls, body.lang)
+        await state.log_outcome(pending.request_ids, "confirmed", results)
         return ConfirmResponse(name=pending.name, arguments=pending.arguments, result=results[0],
                                calls=[RanCall(name=n, arguments=a, result=r) for (n, a), r in zip(pending.calls, results, strict=True)])
 
@@ -319,14 +317,58 @@ async def dialog_reply(state: RouterState, session: Session | None, name: str, l
         return said("nothing_pending")
     if name == CANCEL:
         state.metrics.confirmations.labels("cancelled").inc()
-        await state.log_outcome(pending.request_id, "cancelled", executed=False)
+        await state.log_outcome(pending.request_ids, "cancelled")
         return said("cancelled", ok=True, about=pending.name)
     state.metrics.confirmations.labels("confirmed").inc()
-    results = [await execute_in(state, session, n, a, lang) for n, a in pending.calls]
-    await state.log_outcome(pending.request_id, "confirmed")
+    results = await run_calls(state, session, pending.calls, lang)
+    await state.log_outcome(pending.request_ids, "confirmed", results)
     return results[0] if len(results) == 1 else CallResult(
         ok=all(r.get("ok", True) for r in results), name=name, message="; ".join(r.get("message", "") for r in results),
         data={"calls": results}).model_dump()
+
+
+async def run_calls(state: RouterState, session: Session | None, calls: list[Call], lang: str) -> list[dict[str, Any]]:
+    """Execute `calls` in order. A call that fails after others ran is answered in its place and the rest are not
+    run, so the client learns what the TV did; a first call that fails is the request's error (nothing ran)."""
+    results: list[dict[str, Any]] = []
+    for index, (name, arguments) in enumerate(calls):
+        try:
+            results.append(await execute_in(state, session, name, arguments, lang))
+        except HTTPException as exc:
+            if index == 0:
+                raise
+            results.append(CallResult(ok=False, name=name, message=reply("failed", lang, name=name, why=str(exc.detail))).model_dump())
+            results += [CallResult(ok=False, name=n, message=reply("skipped", lang, name=name)).model_dump() for n, _ in calls[index + 1:]]
+            break
+    return results
+
+
+@dataclass
+class Acted:
+    """What `act` did with the calls of one command: asked about them, held them, or ran them."""
+
+    candidates: list[str] | None = None  # under the act threshold: the functions to ask the user about
+    token: str | None = None  # a risky call holds the whole list under this confirmation token
+    results: list[dict[str, Any]] = field(default_factory=list)  # each call's result, in order
+
+
+async def act(state: RouterState, session: Session | None, results: list[RouteResult], lang: str,
+              request_ids: list[str | None] | None = None) -> Acted:
+    """Execute the calls one command asked for, as `/v1/route` with `execute` does: a call under the act threshold
+    makes the router ask; a lone dialog reply acts on the session; a risky call holds the whole list for
+    confirmation; else every call runs in order."""
+    if asked := next((a for r in results if (a := state.clarification(r))), None):
+        return Acted(candidates=asked)
+    if len(results) == 1 and results[0].name in DIALOG_FUNCTIONS:
+        return Acted(results=[await dialog_reply(state, session, results[0].name, lang)])
+    calls: list[Call] = [(r.name, r.arguments) for r in results if r.name]
+    if any(state.registry[name].risk == "confirm" for name, _ in calls):
+        token = state.confirmations.hold(calls, request_ids)
+        state.metrics.confirmations.labels("held").inc()
+        if session is not None:
+            session.pending_token = token
+        return Acted(token=token)
+    return Acted(results=await run_calls(state, session, calls, lang))
 
 
 def create_app(engine: Engine, config: RouterConfig | None = None, tv: SimulatedTV | None = None) -> FastAPI:

@@ -29,12 +29,22 @@ REPLIES = {  # what a dialog reply says when it has nothing to act on, or what i
     "nothing_done": ("这个会话里没有可以撤销的操作", "nothing to undo in this session"),
     "irreversible": ("{name} 无法撤销", "{name} cannot be undone"),
     "undone": ("已撤销：{name}", "undone: {name}"),
+    "failed": ("{name} 没有执行：{why}", "{name} did not run: {why}"),
+    "skipped": ("没有执行：前面的 {name} 失败了", "not run: {name} before it failed"),
 }
 
 
 def reply(key: str, lang: str, **values: str) -> str:
     zh, en = REPLIES[key]
     return (zh if lang == "zh" else en).format(**values)
+
+
+def context_after(previous: tuple[str, dict[str, Any]] | None,
+                  answered: list[tuple[str | None, dict[str, Any]]]) -> tuple[str, dict[str, Any]] | None:
+    """The context the next command is routed with: the last call answered that is a TV feature (a dialog reply such
+    as "确定" or no function at all leaves the conversation where it was)."""
+    said = [(name, dict(arguments)) for name, arguments in answered if name is not None and name not in DIALOG_FUNCTIONS]
+    return said[-1] if said else previous
 
 
 @dataclass
