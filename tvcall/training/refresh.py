@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tvcall.data.record import Record
+from tvcall.data.record import Record, write_atomic
 from tvcall.data.splits import read_split
 from tvcall.data.synth import SynthConfig, synthesize
 from tvcall.errors import InputError
@@ -63,8 +63,7 @@ def read_unseen_boost(classifier_file: Path) -> float | None:
 
 def save_unseen_boost(classifier_file: Path, boost: float, accuracy: dict[str, Any]) -> None:
     """The boost chosen, with the held-back and dev accuracy of each boost tried."""
-    path = boost_file(classifier_file)
-    path.write_text(json.dumps({"unseen_boost": boost, "accuracy": accuracy}, indent=1) + "\n")
+    write_atomic(boost_file(classifier_file), json.dumps({"unseen_boost": boost, "accuracy": accuracy}, indent=1) + "\n")
 
 
 def grown_utterances(run: RunDir, registry: Registry, names: list[str], seed: int = 0) -> tuple[list[Record], list[Record]]:
