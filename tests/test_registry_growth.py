@@ -84,6 +84,24 @@ def test_the_boost_raises_new_names_alone_and_leaves_no_function_as_it_was(grown
             assert (boosted[name] > plain[name]) == (name in retriever.unseen)
 
 
+def test_a_new_object_borrows_its_verbs_from_the_known_objects(registry):
+    verbs = {"get": "what is the {} now", "set": "set the {} to five", "increase": "the {} is too low",
+             "decrease": "the {} is too high", "reset": "put the {} back to default"}
+    known = [(phrase.format(obj), f"sound.{obj}.{verb}") for obj in ("bass", "treble") for verb, phrase in verbs.items()]
+    new = [f"sound.subwoofer_level.{verb}" for verb in verbs]
+    trained = fit_classifier(known * 4)
+    # the new columns learn the object's word from utterances that do not tell its verbs apart
+    grown = trained.extended([t for t, _ in known * 4] + ["subwoofer"] * len(new), [n for _, n in known * 4] + new, new)
+    retriever = Retriever(registry, grown)
+    own = retriever.retrieve("the subwoofer is too low", 4).prior
+    retriever.unseen = frozenset(new)
+    borrowed = retriever.retrieve("the subwoofer is too low", 4).prior
+    assert max(new, key=borrowed.__getitem__) == "sound.subwoofer_level.increase"
+    assert borrowed["sound.subwoofer_level.increase"] - borrowed["sound.subwoofer_level.decrease"] > \
+        own["sound.subwoofer_level.increase"] - own["sound.subwoofer_level.decrease"]
+    assert math.isclose(sum(math.exp(v) for v in borrowed.values()), 1.0, rel_tol=1e-6)
+
+
 def test_the_boost_chosen_is_the_best_on_held_back_utterances_within_the_dev_tolerance(grown):
     run, folder = grown
     registry = resolve_registry(str(folder))

@@ -51,6 +51,11 @@ def object_key(name: str) -> str:
     return name.rsplit(".", 1)[0]
 
 
+def verb_of(name: str) -> str:
+    """What a function does to its object (`increase`, `set_temperature`): the same word across a family's objects."""
+    return name.rsplit(".", 1)[1]
+
+
 def _describe(spec: FunctionSpec) -> list[str]:
     parts = [spec.name.replace(".", " ").replace("_", " ")]
     for lang in LANGS:
@@ -205,6 +210,7 @@ class Retriever:
         # preference for the names it was trained on (chosen when the registry is refreshed)
         self.unseen: frozenset[str] = frozenset()
         self.unseen_boost = 0.0
+        self._verbs: tuple[frozenset[str], dict[str, np.ndarray]] = (frozenset(), {})  # `_verb_columns`' cache
         self.use_classifier(classifier)
 
     def use_classifier(self, classifier: FunctionClassifier | None) -> None:
@@ -218,6 +224,27 @@ class Retriever:
                         if label != NO_FUNCTION and object_key(label) in position]
             self._label_columns = np.array([i for i, _ in labelled], dtype=int)
             self._label_objects = np.array([o for _, o in labelled], dtype=int)
+        self._verbs = (frozenset(), {})
+
+    def _verb_columns(self) -> dict[str, np.ndarray]:
+        """The classifier's columns of the functions the run was trained on, by verb."""
+        if self._verbs[0] != self.unseen:
+            by_verb: dict[str, list[int]] = defaultdict(list)
+            for name, column in self._column.items():
+                if name is not None and column >= 0 and name not in self.unseen:
+                    by_verb[verb_of(name)].append(column)
+            self._verbs = (self.unseen, {verb: np.array(columns, dtype=int) for verb, columns in by_verb.items()})
+        return self._verbs[1]
+
+    def _within_new_object(self, names: list[str], log_p: np.ndarray) -> np.ndarray | None:
+        """Log-scores of a new object's functions borrowed from the known objects: each function's verb gets the
+        classifier's probability of that verb on any known object ("too low" → some `increase`). The columns fitted
+        for the new functions learn the object's words from a handful of synthesised utterances but hardly its
+        verbs. None where a function is known or its verb is not."""
+        verbs = self._verb_columns()
+        if not all(name in self.unseen and verb_of(name) in verbs for name in names):
+            return None
+        return np.array([_logsumexp(log_p[verbs[verb_of(name)]]) for name in names])
 
     def _object_scores(self, text: str, command: str, learned: np.ndarray | None) -> np.ndarray:
         """BM25 of the `command`, plus (z-normalised) the classifier's score of each object's best function, plus
@@ -239,9 +266,10 @@ class Retriever:
                object_scores: np.ndarray) -> dict[str | None, float]:
         """log P(name) over the candidates' functions and None: the classifier's chance of no function, the fused
         object scores (BM25 and classifier, the better object ranking) times `object_sharpness` as a softmax over the
-        candidate objects, and within an object the classifier's share of each of its functions. `functions`: the
-        objects' functions in order."""
+        candidate objects, and within an object the classifier's share of each of its functions (a new object's
+        borrowed from the known ones' verbs: `_within_new_object`). `functions`: the objects' functions in order."""
         names: list[str | None] = [*functions, None]
+        log_all = learned - _logsumexp(learned)
         logits = np.array([learned[self._column[n]] if self._column[n] >= 0 else learned.min() for n in names])
         log_p = logits - _logsumexp(logits)
         log_none = float(log_p[-1])
@@ -251,7 +279,8 @@ class Retriever:
         prior: dict[str | None, float] = {None: log_none}
         start = 0
         for key, log_object in zip(objects, log_objects, strict=True):
-            within = log_p[start:start + len(self.functions[key])]
+            borrowed = self._within_new_object(self.functions[key], log_all) if self.unseen else None
+            within = log_p[start:start + len(self.functions[key])] if borrowed is None else borrowed
             within = within - _logsumexp(within)
             for name, value in zip(self.functions[key], within, strict=True):
                 prior[name] = log_some + float(log_object) + float(value)
