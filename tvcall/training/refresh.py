@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class Refresh:
     seconds: float
     path: Path | None  # where the grown classifier is kept
     unseen_boost: float | None = None  # None: not chosen yet (`choose_unseen_boost`)
+    held_back: list[Record] = field(default_factory=list)  # synthesised, left out of the fit (empty when loaded)
 
 
 def new_functions(registry: Registry, run: RunDir) -> list[str]:
@@ -114,4 +115,4 @@ def refresh(run: RunDir, registry: Registry, seed: int = 0, log: Callable[[str],
     examples = [*train, *fitted]
     classifier = trained.extended([r.text for r in examples], [r.function or "" for r in examples], names, seed)
     classifier.save(path)
-    return Refresh(classifier, names, len(made), time.perf_counter() - started, path)
+    return Refresh(classifier, names, len(made), time.perf_counter() - started, path, held_back=held_back(made))
