@@ -11,7 +11,7 @@ from tvcall.app.demo.page import Demo
 from tvcall.app.engine.base import RouteResult
 from tvcall.app.engine.compound import route_compound, segmentations
 from tvcall.app.serve.router import RouterConfig, create_app
-from tvcall.app.serve.sessions import UNDO
+from tvcall.app.serve.sessions import CONFIRM, UNDO
 from tvcall.data.compound import connectives, synthesize_compound
 from tvcall.data.split_names import COMPOUND_SPLITS
 from tvcall.data.synth import SynthConfig, build_splits
@@ -89,6 +89,7 @@ COMPOUND_SCRIPT = {
     "search for Tom": ("search.movie.by_title", {"title": "Tom"}),
     "search for Tom and Jerry": ("search.movie.by_title", {"title": "Tom and Jerry"}),
     "撤销": (UNDO, {}),
+    "确定": (CONFIRM, {}),
 }
 
 
@@ -152,6 +153,9 @@ def test_the_demo_runs_a_compound_command_and_holds_a_risky_list_whole(registry)
     assert held.pending and demo.state.tv.state.factory_resets == 0 and "whole command" in held.question
     assert "ran `system.device.factory_reset`" in asyncio.run(demo.confirm(held.pending))
     assert demo.state.tv.state.factory_resets == 1 and demo.executed == 4
+    asyncio.run(demo.run_text("volume 30 and then reset everything"))
+    said = asyncio.run(demo.run_text("确定"))  # confirmed by voice: every call of the list counts
+    assert demo.state.tv.state.factory_resets == 2 and demo.executed == 6, said.status
 
 
 def test_a_reply_to_the_conversation_is_never_part_of_a_list(registry):

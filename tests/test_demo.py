@@ -45,6 +45,8 @@ def test_slots_are_highlighted_where_the_utterance_says_them(registry):
     both = [({"value": 20}, spec), ({"source": "hdmi2"}, source)]  # a compound command's two calls
     assert slot_highlights("volume 20 then HDMI 2", both, "en") == [
         ("volume ", None), ("20", "value"), (" then ", None), ("HDMI 2", "source")]
+    again = [({"value": 20}, spec), ({"value": 2}, spec)]  # the second value is inside the first: its own place
+    assert slot_highlights("volume 20 then 2", again, "en") == [("volume ", None), ("20", "value"), (" then ", None), ("2", "value")]
 
 
 def test_bad_input_gives_a_message_not_a_crash(demo, tmp_path):

@@ -238,13 +238,15 @@ class Retriever:
 
     def _within_new_object(self, names: list[str], log_p: np.ndarray) -> np.ndarray | None:
         """Log-scores of a new object's functions borrowed from the known objects: each function's verb gets the
-        classifier's probability of that verb on any known object ("too low" → some `increase`). The columns fitted
-        for the new functions learn the object's words from a handful of synthesised utterances but hardly its
-        verbs. None where a function is known or its verb is not."""
+        classifier's mean probability of that verb on a known object ("too low" → an `increase`; the mean, so a verb
+        many objects share is not favoured for it). The columns fitted for the new functions learn the object's
+        words from a handful of synthesised utterances but hardly its verbs. None where a function is known or its
+        verb is not."""
         verbs = self._verb_columns()
         if not all(name in self.unseen and verb_of(name) in verbs for name in names):
             return None
-        return np.array([_logsumexp(log_p[verbs[verb_of(name)]]) for name in names])
+        columns = [verbs[verb_of(name)] for name in names]
+        return np.array([_logsumexp(log_p[c]) - math.log(len(c)) for c in columns])
 
     def _object_scores(self, text: str, command: str, learned: np.ndarray | None) -> np.ndarray:
         """BM25 of the `command`, plus (z-normalised) the classifier's score of each object's best function, plus
@@ -269,7 +271,7 @@ class Retriever:
         candidate objects, and within an object the classifier's share of each of its functions (a new object's
         borrowed from the known ones' verbs: `_within_new_object`). `functions`: the objects' functions in order."""
         names: list[str | None] = [*functions, None]
-        log_all = learned - _logsumexp(learned)
+        log_all = learned - _logsumexp(learned) if self.unseen else learned
         logits = np.array([learned[self._column[n]] if self._column[n] >= 0 else learned.min() for n in names])
         log_p = logits - _logsumexp(logits)
         log_none = float(log_p[-1])

@@ -25,7 +25,8 @@ from tvcall.functions.registry import Registry
 from tvcall.functions.retrieve import FunctionClassifier, load_classifier
 from tvcall.run import RunDir
 
-GROWN_FORMAT = 2  # in the file's key: a classifier grown by an earlier method (1: refitted whole) is not reused
+GROWN_FORMAT = 3  # in the file's key: a classifier grown, or its boost chosen, by an earlier method is not reused
+                  # (1: refitted whole; 2: a new object's functions scored by their own columns)
 HELD_BACK_EVERY = 5  # every fifth utterance of a function chooses the boost instead of fitting the classifier
 
 

@@ -25,7 +25,7 @@ from tvcall.app.demo.review import Draft, ReviewDesk, highlights
 from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.app.serve.api_models import MAX_TEXT_CHARS, check_text
 from tvcall.app.serve.router import RouterConfig, RouterState, act, guess_lang, route_parts, run_calls
-from tvcall.app.serve.sessions import DIALOG_FUNCTIONS, context_after
+from tvcall.app.serve.sessions import CONFIRM, DIALOG_FUNCTIONS, context_after
 from tvcall.data.grounding import value_surfaces  # the forms eval uses to locate a value in the text
 from tvcall.functions.spec import FunctionSpec
 
@@ -50,6 +50,14 @@ class Outcome:
     question: str = ""
 
 
+def _occurrences(text: str, part: str) -> list[int]:
+    starts, start = [], text.find(part)
+    while start >= 0:
+        starts.append(start)
+        start = text.find(part, start + 1)
+    return starts
+
+
 def slot_highlights(text: str, calls: list[tuple[dict[str, Any], FunctionSpec]], lang: str) -> list[tuple[str, str | None]]:
     """`text` cut into (segment, slot or None): each argument of each call (its arguments, its function) at the first
     free place one of its surface forms occurs."""
@@ -57,12 +65,11 @@ def slot_highlights(text: str, calls: list[tuple[dict[str, Any], FunctionSpec]],
     taken: list[tuple[int, int, str]] = []
     for slot, value, spec in [(slot, value, spec) for arguments, spec in calls for slot, value in arguments.items()]:
         schema = spec.properties.get(slot, {})
-        for form in sorted(value_surfaces(value, schema, lang), key=len, reverse=True):
-            start = lowered.find(form.lower()) if form else -1
-            end = start + len(form)
-            if start >= 0 and not any(s < end and start < e for s, e, _ in taken):
-                taken.append((start, end, slot))
-                break
+        free = ((start, start + len(form)) for form in sorted(value_surfaces(value, schema, lang), key=len, reverse=True)
+                if form for start in _occurrences(lowered, form.lower()))
+        span = next(((start, end) for start, end in free if not any(s < end and start < e for s, e, _ in taken)), None)
+        if span is not None:
+            taken.append((*span, slot))
     segments: list[tuple[str, str | None]] = []
     cursor = 0
     for start, end, slot in sorted(taken):
@@ -214,8 +221,8 @@ class Demo:
         except HTTPException as exc:
             outcome.status = f"{', '.join(f'`{r.name}`' for r in results if r.name)} could not run: {exc.detail}"
             return
-        if acted.candidates:
-            unsure = next(r for r in results if r.name and self.state.clarification(r))
+        if acted.unsure is not None:
+            unsure = acted.unsure
             outcome.status = (f"Not sure enough to run `{unsure.name}` (confidence {unsure.confidence:.3f}, under "
                               f"{self.state.act_threshold:.3f}). Did you mean " + ", ".join(f"`{n}`" for n in acted.candidates) + "?")
         elif acted.token:
@@ -227,8 +234,8 @@ class Demo:
             outcome.status = f"{', '.join(f'`{r.name}`' for r in results if r.name)} waits for your confirmation."
         elif len(results) == 1 and results[0].name in DIALOG_FUNCTIONS:
             done = acted.results[0]
-            if done["ok"] and done["name"] not in DIALOG_FUNCTIONS:  # a confirmed call ran
-                self.executed += 1
+            ran = done["data"].get("calls", [done]) if done["name"] == CONFIRM else [done]  # a confirmed list: each call
+            self.executed += sum(r.get("ok", True) for r in ran if r["name"] not in DIALOG_FUNCTIONS)
             outcome.status = f"`{results[0].name}`: {done['message']}"
         else:
             self.executed += sum(r.get("ok", True) for r in acted.results)

@@ -56,7 +56,7 @@ from tvcall.app.serve.api_models import (
     check_text,
 )
 from tvcall.app.serve.batcher import Batcher, QueueFull, TextTooLong
-from tvcall.app.serve.dispatch import TV_TARGET, Call, Confirmations, Dispatcher, WebhookError
+from tvcall.app.serve.dispatch import TV_TARGET, Call, Confirmations, Dispatcher, PendingCall, WebhookError
 from tvcall.app.serve.http_errors import ERRORS, GET_ERRORS, install_error_handlers
 from tvcall.app.serve.metrics import Metrics, RequestMetrics
 from tvcall.app.serve.security import BodyLimit, escape_for_log, require_token
@@ -206,8 +206,7 @@ def build_api(state: RouterState) -> APIRouter:
         if pending is None:
             raise HTTPException(404, "unknown, used or expired confirmation token")
         state.metrics.confirmations.labels("confirmed").inc()
-        results = await run_calls(state, None, pending.calls, body.lang)
-        await state.log_outcome(pending.request_ids, "confirmed", results)
+        results = await run_confirmed(state, None, pending, body.lang)
         return ConfirmResponse(name=pending.name, arguments=pending.arguments, result=results[0],
                                calls=[RanCall(name=n, arguments=a, result=r) for (n, a), r in zip(pending.calls, results, strict=True)])
 
@@ -320,8 +319,7 @@ async def dialog_reply(state: RouterState, session: Session | None, name: str, l
         await state.log_outcome(pending.request_ids, "cancelled")
         return said("cancelled", ok=True, about=pending.name)
     state.metrics.confirmations.labels("confirmed").inc()
-    results = await run_calls(state, session, pending.calls, lang)
-    await state.log_outcome(pending.request_ids, "confirmed", results)
+    results = await run_confirmed(state, session, pending, lang)
     return results[0] if len(results) == 1 else CallResult(
         ok=all(r.get("ok", True) for r in results), name=name, message="; ".join(r.get("message", "") for r in results),
         data={"calls": results}).model_dump()
@@ -343,11 +341,23 @@ async def run_calls(state: RouterState, session: Session | None, calls: list[Cal
     return results
 
 
+async def run_confirmed(state: RouterState, session: Session | None, pending: PendingCall, lang: str) -> list[dict[str, Any]]:
+    """Run a confirmed list and record each call's outcome in the traffic log, also when the first call fails."""
+    try:
+        results = await run_calls(state, session, pending.calls, lang)
+    except HTTPException:
+        await state.log_outcome(pending.request_ids, "confirmed")
+        raise
+    await state.log_outcome(pending.request_ids, "confirmed", results)
+    return results
+
+
 @dataclass
 class Acted:
     """What `act` did with the calls of one command: asked about them, held them, or ran them."""
 
     candidates: list[str] | None = None  # under the act threshold: the functions to ask the user about
+    unsure: RouteResult | None = None  # the call that was under it
     token: str | None = None  # a risky call holds the whole list under this confirmation token
     results: list[dict[str, Any]] = field(default_factory=list)  # each call's result, in order
 
@@ -357,8 +367,9 @@ async def act(state: RouterState, session: Session | None, results: list[RouteRe
     """Execute the calls one command asked for, as `/v1/route` with `execute` does: a call under the act threshold
     makes the router ask; a lone dialog reply acts on the session; a risky call holds the whole list for
     confirmation; else every call runs in order."""
-    if asked := next((a for r in results if (a := state.clarification(r))), None):
-        return Acted(candidates=asked)
+    for result in results:
+        if asked := state.clarification(result):
+            return Acted(candidates=asked, unsure=result)
     if len(results) == 1 and results[0].name in DIALOG_FUNCTIONS:
         return Acted(results=[await dialog_reply(state, session, results[0].name, lang)])
     calls: list[Call] = [(r.name, r.arguments) for r in results if r.name]
