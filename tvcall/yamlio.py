@@ -13,7 +13,7 @@ LINE_KEY = "__line__"
 KEY_LINES = "__key_lines__"
 
 
-class _LineLoader(yaml.SafeLoader):
+class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser where PyYAML has it: 4x faster
     pass
 
 

@@ -9,7 +9,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +59,20 @@ class Registry:
         return dict(Counter(s.risk for s in self.functions.values()))
 
 
-def _check_schema(spec: FunctionSpec, path: Path, line: int | None, lexicon_dir: Path) -> None:
+@lru_cache(maxsize=4096)
+def _schema_error(parameters: str) -> str | None:
+    """What JSON Schema's meta-schema finds wrong in a parameters schema (as JSON), else None; a family's functions
+    share their schemas, so most are checked once."""
     try:
-        jsonschema.Draft202012Validator.check_schema(spec.parameters)
+        jsonschema.Draft202012Validator.check_schema(json.loads(parameters))
     except jsonschema.SchemaError as exc:
-        raise InputError(path, line, f"{spec.name}.parameters", exc.message) from exc
+        return exc.message
+    return None
+
+
+def _check_schema(spec: FunctionSpec, path: Path, line: int | None, lexicon_dir: Path) -> None:
+    if error := _schema_error(json.dumps(spec.parameters, sort_keys=True)):
+        raise InputError(path, line, f"{spec.name}.parameters", error)
     for pname, schema in spec.properties.items():
         lexicon = schema.get("x-lexicon")
         if lexicon and not (lexicon_dir / f"{lexicon}.yaml").exists():
