@@ -3,7 +3,7 @@
 only, the synthesised utterances the classifier's fit held back (`tvcall.training.refresh`) and the run's dev split:
 the boost with the best held-back accuracy among those that cost the dev split at most `MAX_DEV_DROP` (the functions
 the run knows must not pay for the new ones), the smaller on a tie. Only utterances with a new function among their
-candidates can change with the boost; the others are routed once."""
+candidates can change with the boost, and only they are routed."""
 
 from __future__ import annotations
 
@@ -21,19 +21,17 @@ MAX_DEV_DROP = 0.01
 RouteNames = Callable[[list[str]], list[str | None]]
 
 
-def _accuracy(route_names: RouteNames, retriever: Retriever, top_objects: int, texts: Sequence[str],
-              gold: Sequence[str | None], boosts: Sequence[float]) -> dict[float, float]:
+def _correct(route_names: RouteNames, retriever: Retriever, top_objects: int, texts: Sequence[str],
+             gold: Sequence[str | None], boosts: Sequence[float]) -> dict[float, int]:
+    """Per boost, how many of the texts with a new function among their candidates are routed right: only those can
+    change with the boost (for a held-back utterance the others are wrong at every boost), so only they are routed."""
     affected = [i for i, text in enumerate(texts) if retriever.unseen.intersection(retriever.retrieve(text, top_objects).functions)]
-    retriever.unseen_boost = 0.0
-    names = route_names(list(texts))
-    accuracy = {}
+    correct = {}
     for boost in boosts:
         retriever.unseen_boost = boost
-        if boost:
-            for i, name in zip(affected, route_names([texts[i] for i in affected]), strict=True):
-                names[i] = name
-        accuracy[boost] = sum(n == g for n, g in zip(names, gold, strict=True)) / max(1, len(gold))
-    return accuracy
+        names = route_names([texts[i] for i in affected])
+        correct[boost] = sum(name == gold[i] for i, name in zip(affected, names, strict=True))
+    return correct
 
 
 def choose_unseen_boost(route_names: RouteNames, retriever: Retriever, top_objects: int, run: RunDir,
@@ -46,12 +44,14 @@ def choose_unseen_boost(route_names: RouteNames, retriever: Retriever, top_objec
     data_dir = run.data_dir_at_hand()
     dev = read_split(data_dir, "dev") if data_dir is not None and (data_dir / "dev.jsonl").exists() else []
     log(f"choosing the new names' boost on {len(new)} held-back utterances and {len(dev)} dev utterances")
-    on_new = _accuracy(route_names, retriever, top_objects, [r.text for r in new], [r.function for r in new], BOOSTS)
-    on_dev = _accuracy(route_names, retriever, top_objects, [r.text for r in dev], [r.function for r in dev], BOOSTS)
-    allowed = [b for b in BOOSTS if on_dev[b] >= on_dev[0.0] - MAX_DEV_DROP]
+    on_new = {b: c / max(1, len(new)) for b, c in
+              _correct(route_names, retriever, top_objects, [r.text for r in new], [r.function for r in new], BOOSTS).items()}
+    on_dev = _correct(route_names, retriever, top_objects, [r.text for r in dev], [r.function for r in dev], BOOSTS)
+    dev_change = {b: (on_dev[b] - on_dev[0.0]) / max(1, len(dev)) for b in BOOSTS}
+    allowed = [b for b in BOOSTS if dev_change[b] >= -MAX_DEV_DROP]
     best = max(allowed, key=lambda b: (on_new[b], -b))
     retriever.unseen_boost = refreshed.unseen_boost = best
-    save_unseen_boost(refreshed.path, best, {str(b): {"held_back": on_new[b], "dev": on_dev[b]} for b in BOOSTS})
+    save_unseen_boost(refreshed.path, best, {str(b): {"held_back": on_new[b], "dev_change": dev_change[b]} for b in BOOSTS})
     log(f"new names' boost {best:g}: held-back accuracy {on_new[best]:.3f} (no boost {on_new[0.0]:.3f}), "
-        f"dev {on_dev[best]:.3f} (no boost {on_dev[0.0]:.3f})")
+        f"dev accuracy {dev_change[best]:+.3f} against no boost")
     return best
