@@ -130,3 +130,12 @@ def value_surfaces(value: Any, schema: dict[str, Any], lang: str) -> list[str]:
         return surface_forms(value, lang)
     surface = schema.get("x-surface", {}).get(value, {}).get(lang, [])
     return [*surface, str(value)]
+
+
+def occurrences(text: str, value: str) -> list[int]:
+    """Every place `value` starts in `text`, overlapping ones included."""
+    starts, start = [], text.find(value)
+    while start >= 0:
+        starts.append(start)
+        start = text.find(value, start + 1)
+    return starts

@@ -26,7 +26,7 @@ from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.app.serve.api_models import MAX_TEXT_CHARS, check_text
 from tvcall.app.serve.router import RouterConfig, RouterState, act, guess_lang, route_parts, run_calls
 from tvcall.app.serve.sessions import CONFIRM, DIALOG_FUNCTIONS, context_after
-from tvcall.data.grounding import value_surfaces  # the forms eval uses to locate a value in the text
+from tvcall.data.grounding import occurrences, value_surfaces  # the forms eval uses to locate a value in the text
 from tvcall.functions.spec import FunctionSpec
 
 EXAMPLES = {
@@ -50,14 +50,6 @@ class Outcome:
     question: str = ""
 
 
-def _occurrences(text: str, part: str) -> list[int]:
-    starts, start = [], text.find(part)
-    while start >= 0:
-        starts.append(start)
-        start = text.find(part, start + 1)
-    return starts
-
-
 def slot_highlights(text: str, calls: list[tuple[dict[str, Any], FunctionSpec]], lang: str) -> list[tuple[str, str | None]]:
     """`text` cut into (segment, slot or None): each argument of each call (its arguments, its function) at the first
     free place one of its surface forms occurs."""
@@ -66,7 +58,7 @@ def slot_highlights(text: str, calls: list[tuple[dict[str, Any], FunctionSpec]],
     for slot, value, spec in [(slot, value, spec) for arguments, spec in calls for slot, value in arguments.items()]:
         schema = spec.properties.get(slot, {})
         free = ((start, start + len(form)) for form in sorted(value_surfaces(value, schema, lang), key=len, reverse=True)
-                if form for start in _occurrences(lowered, form.lower()))
+                if form for start in occurrences(lowered, form.lower()))
         span = next(((start, end) for start, end in free if not any(s < end and start < e for s, e, _ in taken)), None)
         if span is not None:
             taken.append((*span, slot))

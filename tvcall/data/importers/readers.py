@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tvcall.data.grounding import occurrences
 from tvcall.errors import InputError
 
 RawSpan = tuple[str, int, int]  # (slot, start, end): character offsets into the text, end exclusive
@@ -178,14 +179,6 @@ def json_array_items(path: Path) -> list[tuple[int, Any]]:
         value, position = decoder.raw_decode(text, position)
         items.append((line, value))
     return items
-
-
-def occurrences(text: str, value: str) -> list[int]:
-    starts, start = [], text.find(value)
-    while start >= 0:
-        starts.append(start)
-        start = text.find(value, start + 1)
-    return starts
 
 
 def place_values(text: str, values: dict[str, str]) -> tuple[RawSpan, ...]:
