@@ -300,7 +300,7 @@ def _commands(texts: list[str]) -> Iterator[str]:
 
 
 def cmd_route(args: argparse.Namespace) -> None:
-    from tvcall.app.engine.compound import route_calls
+    from tvcall.app.engine.compound import answer_of, route_calls
     from tvcall.app.serve.sessions import DIALOG_FUNCTIONS, context_after
 
     engine = _backend_engine(args)  # loaded once, however many commands follow
@@ -316,7 +316,7 @@ def cmd_route(args: argparse.Namespace) -> None:
             if args.verbose:
                 out |= {"confidence": round(result.confidence, 4), "latency_ms": round(result.latency_ms, 1), **result.stats}
             outs.append(out)
-        print(json.dumps(outs[0] if len(outs) == 1 else {"calls": outs}, ensure_ascii=False), flush=True)
+        print(json.dumps(answer_of(outs), ensure_ascii=False), flush=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -38,7 +38,7 @@ class Refresh:
     seconds: float
     path: Path | None  # where the grown classifier is kept
     unseen_boost: float | None = None  # None: not chosen yet (`choose_unseen_boost`)
-    held_back: list[Record] = field(default_factory=list)  # synthesised, left out of the fit (empty when loaded)
+    unfitted: list[Record] = field(default_factory=list)  # synthesised, held back from the fit (empty when loaded)
 
 
 def new_functions(registry: Registry, run: RunDir) -> list[str]:
@@ -116,4 +116,4 @@ def refresh(run: RunDir, registry: Registry, seed: int = 0, log: Callable[[str],
     examples = [*train, *fitted]
     classifier = trained.extended([r.text for r in examples], [r.function or "" for r in examples], names, seed)
     classifier.save(path)
-    return Refresh(classifier, names, len(made), time.perf_counter() - started, path, held_back=held_back(made))
+    return Refresh(classifier, names, len(made), time.perf_counter() - started, path, unfitted=held_back(made))

@@ -23,8 +23,9 @@ from fastapi import HTTPException
 from tvcall.app.demo.asr import LANGS, AudioError, Transcript, load_model, transcribe
 from tvcall.app.demo.review import Draft, ReviewDesk, highlights
 from tvcall.app.engine.base import Engine, RouteResult
+from tvcall.app.engine.compound import answer_of
 from tvcall.app.serve.api_models import MAX_TEXT_CHARS, check_text
-from tvcall.app.serve.router import RouterConfig, RouterState, act, guess_lang, route_parts, run_calls
+from tvcall.app.serve.router import RouterConfig, RouterState, act, guess_lang, route_parts, run_confirmed
 from tvcall.app.serve.sessions import CONFIRM, DIALOG_FUNCTIONS, context_after
 from tvcall.data.grounding import occurrences, value_surfaces  # the forms eval uses to locate a value in the text
 from tvcall.functions.spec import FunctionSpec
@@ -178,7 +179,7 @@ class Demo:
             return "Nothing to confirm (the request expired or was already handled)."
         await self._started()
         try:
-            done = await run_calls(self.state, self.state.sessions.get(DEMO_SESSION), pending.calls, lang)
+            done = await run_confirmed(self.state, self.state.sessions.get(DEMO_SESSION), pending, lang)
         except HTTPException as exc:
             return f"`{pending.name}` could not run: {exc.detail}"
         self.executed += sum(r.get("ok", True) for r in done)
@@ -201,17 +202,18 @@ class Demo:
                       f"voice-to-call **{transcript.latency_ms + routing:.0f} ms**")
         specs = [self.state.registry[r.name] for r in named]
         status = " · ".join(f"`{spec.name}`: {spec.description.forms(lang)[0]}" for spec in specs) or "No TV function matches this command."
-        call = named[0].call() if len(named) == 1 else {"calls": [r.call() for r in named]} if named else results[0].call()
+        call = answer_of([r.call() for r in named or results[:1]])
         marked = slot_highlights(text, [(r.arguments, spec) for r, spec in zip(named, specs, strict=True)], lang)
         return Outcome(status, text if transcript else "", marked, call, timing)
 
     async def _act(self, outcome: Outcome, results: list[RouteResult], lang: str) -> None:
         """Run the calls as the router's `execute` does (`act`), and say what happened."""
         session = self.state.sessions.get(DEMO_SESSION)
+        named = ", ".join(f"`{r.name}`" for r in results if r.name)
         try:
             acted = await act(self.state, session, [r for r in results if r.name], lang)
         except HTTPException as exc:
-            outcome.status = f"{', '.join(f'`{r.name}`' for r in results if r.name)} could not run: {exc.detail}"
+            outcome.status = f"{named} could not run: {exc.detail}"
             return
         if acted.unsure is not None:
             unsure = acted.unsure
@@ -223,7 +225,7 @@ class Demo:
             risky = [self.state.registry[r.name] for r in results if r.name and self.state.registry[r.name].risk == "confirm"]
             outcome.question = ("⚠️ " + ", ".join(f"**{spec.description.forms(lang)[0]}** (`{spec.name}`)" for spec in risky)
                                 + " is a risky action. Run " + ("it" if len(results) == 1 else "the whole command") + "?")
-            outcome.status = f"{', '.join(f'`{r.name}`' for r in results if r.name)} waits for your confirmation."
+            outcome.status = f"{named} waits for your confirmation."
         elif len(results) == 1 and results[0].name in DIALOG_FUNCTIONS:
             done = acted.results[0]
             ran = done["data"].get("calls", [done]) if done["name"] == CONFIRM else [done]  # a confirmed list: each call

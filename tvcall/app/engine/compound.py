@@ -117,6 +117,11 @@ def route_many(engine: Engine) -> Callable[[list[str]], list[RouteResult]]:
     return batched if batched is not None else (lambda texts: [engine.route(t) for t in texts])
 
 
+def answer_of(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """A command's answer as one JSON object: its call, or `{"calls": [...]}` for a compound command's several."""
+    return calls[0] if len(calls) == 1 else {"calls": calls}
+
+
 def route_calls(engine: Engine, text: str, previous: Previous = None, alone: Collection[str] = ()) -> list[RouteResult]:
     """`route_compound` through `engine`, the first part after the conversation's `previous` call."""
     return route_compound(route_many(engine), text, previous, engine.in_context, alone)

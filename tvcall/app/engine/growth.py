@@ -39,8 +39,8 @@ def choose_unseen_boost(route_names: RouteNames, retriever: Retriever, top_objec
     """Choose, set on `retriever` and keep beside the grown classifier the boost of the new functions' names."""
     assert refreshed.path is not None
     retriever.unseen = frozenset(refreshed.new_functions)
-    new = (refreshed.held_back or held_back(grown_utterances(run, retriever.registry, refreshed.new_functions)[1]))[:MAX_HELD_BACK]
-    refreshed.held_back = []  # not kept for the life of a server
+    new = (refreshed.unfitted or held_back(grown_utterances(run, retriever.registry, refreshed.new_functions)[1]))[:MAX_HELD_BACK]
+    refreshed.unfitted = []  # not kept for the life of a server
     data_dir = run.data_dir_at_hand()
     dev = read_split(data_dir, "dev") if data_dir is not None and (data_dir / "dev.jsonl").exists() else []
     log(f"choosing the new names' boost on {len(new)} held-back utterances and {len(dev)} dev utterances")
