@@ -2,6 +2,7 @@ import math
 
 from tests.test_prompt_and_decoder import _TeacherLM
 from tvcall.app.engine.decoder import ConstrainedDecoder
+from tvcall.app.engine.plan import null_bias_for
 from tvcall.data import prompt as P
 from tvcall.data.synth import SynthConfig, build_splits
 from tvcall.eval.calibrate import accuracy_at, choose_null_bias
@@ -43,3 +44,22 @@ def test_null_bias_turns_a_call_into_no_function(registry, tokenizer):
     decoder.null_bias = -unbiased.null_margin + 0.1
     decoder.lm = _TeacherLM(P.answer_ids(tokenizer, record.function, record.arguments)[:-1], len(tokenizer))
     assert decoder.decode(record.text).name is None
+
+
+def test_a_follow_up_bias_applies_only_to_a_command_after_a_previous_call(registry, tokenizer):
+    record = next(r for r in build_splits(registry, SynthConfig(seed=3, train_size=20, dev_size=2, test_size=2))["train"] if r.function)
+    followup = P.with_context(record.text, record.function, record.arguments)
+    decoder = ConstrainedDecoder(lm=None, tokenizer=tokenizer, registry=registry)
+
+    def decode(text: str) -> str | None:
+        decoder.lm = _TeacherLM(P.answer_ids(tokenizer, record.function, record.arguments)[:-1], len(tokenizer))
+        return decoder.decode(text).name
+
+    decoder.followup_null_bias = 1e6  # a follow-up abstains, a single command does not
+    assert decode(record.text) == record.function and decode(followup) is None
+    decoder.null_bias, decoder.followup_null_bias = 1e6, 0.0  # and the other way round
+    assert decode(record.text) is None and decode(followup) == record.function
+    decoder.followup_null_bias = None  # none chosen: the single commands' bias for both
+    assert decode(followup) is None
+    assert null_bias_for(followup, 0.5, None) == 0.5 and null_bias_for(followup, 0.5, 2.0) == 2.0
+    assert null_bias_for(record.text, 0.5, 2.0) == 0.5

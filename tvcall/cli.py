@@ -282,7 +282,7 @@ def _linking(engine: Any, records: list[Any], catalogue: str) -> dict[str, Any]:
     from tvcall.data.mentions import LexiconLinker, catalogue_coverage
 
     linker = None if catalogue == "none" else LexiconLinker(engine.registry, catalogue)
-    engine.retriever.linker = linker.linked_objects if linker else None
+    engine.retriever.linker = linker
     return {"catalogue": catalogue, "catalogue_coverage": catalogue_coverage(records, engine.registry, linker),
             "link_weight_used": engine.retriever.link_weight if linker else 0.0}
 

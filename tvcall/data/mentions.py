@@ -4,14 +4,17 @@ objects take each as a parameter. "霸王别姬的导演是谁" mentions a title
 characters alone do not tell.
 
 A mention is a lexicon value found in the utterance on word boundaries (`words.word_boundaries`), in any case, the
-longest where several overlap. `catalogue="train"` knows only the values the training split may use, to measure
-what linking gives on titles the catalogue lacks.
+longest where several overlap. A mention is also one word to the copy constraint (`LexiconLinker.word_boundaries`):
+a title the catalogue knows is copied whole or not at all, so 知否知否应是绿肥红瘦 is never cut after 知否知否应.
+`catalogue="train"` knows only the values the training split may use, to measure what linking gives on titles the
+catalogue lacks.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from tvcall.data.lexicon import lexicon_values, load_lexicon
@@ -51,8 +54,10 @@ class LexiconLinker:
                     if len(value) >= MIN_CHARS:
                         linked[fold(value)] |= objects
         self.values = {value: frozenset(objects) for value, objects in linked.items()}
+        # the router asks both for one utterance: the retriever its objects, the copy constraint its words
+        self.mentions = lru_cache(maxsize=1024)(self._mentions)  # type: ignore[method-assign]
 
-    def mentions(self, text: str) -> list[Mention]:
+    def _mentions(self, text: str) -> list[Mention]:
         folded, bounds = fold(text), word_boundaries(text)
         found = []
         for value, objects in self.values.items():
@@ -72,6 +77,11 @@ class LexiconLinker:
     def linked_objects(self, text: str) -> frozenset[str]:
         """The objects some mention in `text` links to."""
         return frozenset(key for mention in self.mentions(text) for key in mention.objects)
+
+    def word_boundaries(self, text: str) -> frozenset[int]:
+        """`words.word_boundaries` with each mention's inside closed: a known value is one word."""
+        inside = {i for mention in self.mentions(text) for i in range(mention.start + 1, mention.end)}
+        return word_boundaries(text) - inside
 
 
 def catalogue_coverage(records: list[Record], registry: Registry, linker: LexiconLinker | None) -> float | None:

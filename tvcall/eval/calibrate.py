@@ -8,7 +8,9 @@ weight changes the decode itself: one pass per weight in `PRIOR_WEIGHTS`, of the
 chooses the same name; the arguments were most of the time). With a prior weighed in, the prior's object ranking may
 then be sharpened (`OBJECT_SHARPNESS`): one pass more per value, at the chosen weight; and the objects an utterance's
 lexicon mentions link to (`tvcall.data.mentions`) raised in it (`LINK_WEIGHTS`): one pass more per weight. Last, with those settings,
-one whole decode of dev chooses the confidence above which the router acts (`tvcall.eval.acting`).
+one whole decode of dev chooses the confidence above which the router acts (`tvcall.eval.acting`). Where the data
+has follow-ups, the commands of their dev split that come with a previous call choose a bias of their own in one
+more pass (`calibrate_followups`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from pathlib import Path
 
 from tvcall.app.engine.hf_engine import TransformersEngine
 from tvcall.app.engine.plan import NameSettings
+from tvcall.data.prompt import split_context
 from tvcall.data.record import Record, write_atomic
+from tvcall.data.split_names import FOLLOWUP_SPLITS
 from tvcall.data.splits import read_split
 from tvcall.eval.acting import Acting, acting_at, calls_and_hits, choose_act_threshold
 from tvcall.eval.runner import predict
@@ -122,6 +126,29 @@ def calibrate(engine: TransformersEngine, records: list[Record], weights: tuple[
                                                              for t in by_link} if len(by_link) > 1 else {})
 
 
+@dataclass
+class FollowupCalibration:
+    followup_null_bias: float
+    dev_followup_examples: int  # the follow-up dev commands that come with a previous call
+    dev_followup_function_accuracy_at_null_bias: float  # with the single commands' bias
+    dev_followup_function_accuracy: float
+
+
+def calibrate_followups(engine: TransformersEngine, records: list[Record]) -> FollowupCalibration:
+    """The abstention bias after a previous call, on the follow-up dev commands that come with one, at the engine's
+    other settings (one pass of the names alone); leaves it set on `engine`."""
+    with_context = [r for r in records if split_context(r.text)[0] is not None]
+    golds = [r.function for r in with_context]
+    settings = engine.name_settings
+    engine.name_settings = replace(settings, null_bias=0.0, followup_null_bias=None)
+    results = engine.route_batch([r.text for r in with_context], name_only=True)
+    margins, names = [r.null_margin for r in results], [r.name for r in results]
+    bias = choose_null_bias(margins, names, golds)
+    engine.name_settings = replace(settings, followup_null_bias=bias)
+    return FollowupCalibration(bias, len(with_context), accuracy_at(settings.null_bias, margins, names, golds),
+                               accuracy_at(bias, margins, names, golds))
+
+
 def calibrate_acting(engine: TransformersEngine, records: list[Record]) -> Acting:
     """The act threshold on dev, from one whole decode with the engine's name settings; leaves it set on `engine`."""
     preds, _ = predict(engine, records, warmup=0, latency_sample=0)
@@ -131,18 +158,23 @@ def calibrate_acting(engine: TransformersEngine, records: list[Record]) -> Actin
 
 
 def ensure_calibrated(engine: TransformersEngine, run_dir: Path, data_dir: Path) -> bool:
-    """Calibrate a run on the dev split of `data_dir` once, keeping it in the run folder; a run calibrated before the
-    act threshold existed gets only that. False when the run was calibrated already."""
+    """Calibrate a run on the dev splits of `data_dir` once, keeping it in the run folder; a run calibrated before the
+    act threshold or the follow-up bias existed gets only what it lacks. False when the run was calibrated already."""
     path = RunDir(run_dir).calibration_file
     kept = json.loads(path.read_text()) if path.exists() else None
-    if kept is not None and "act_threshold" in kept:
+    followup_dev = data_dir / f"{FOLLOWUP_SPLITS['dev']}.jsonl"
+    lacks_followups = followup_dev.exists() and (kept is None or "followup_null_bias" not in kept)
+    if kept is not None and "act_threshold" in kept and not lacks_followups:
         return False
     dev = read_split(data_dir, "dev")
-    print(f"calibrating {'the act threshold' if kept else 'the name stage and the act threshold'} on {len(dev)} dev "
+    print(f"calibrating {'what the run lacks' if kept else 'the name stage and the act threshold'} on the dev "
           f"utterances of {data_dir}", file=sys.stderr)
     chosen = kept if kept is not None else asdict(calibrate(engine, dev))  # an older file keeps its name settings
-    acting = calibrate_acting(engine, dev)
-    chosen |= {"act_threshold": acting.threshold, "dev_act_precision": acting.precision, "dev_act_coverage": acting.coverage}
+    if "act_threshold" not in chosen:
+        acting = calibrate_acting(engine, dev)
+        chosen |= {"act_threshold": acting.threshold, "dev_act_precision": acting.precision, "dev_act_coverage": acting.coverage}
+    if lacks_followups:
+        chosen |= asdict(calibrate_followups(engine, read_split(data_dir, FOLLOWUP_SPLITS["dev"])))
     write_atomic(path, json.dumps(chosen, indent=1) + "\n")
     print(f"{path}: {chosen}", file=sys.stderr)
     return True

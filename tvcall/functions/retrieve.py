@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import joblib
 import numpy as np
@@ -33,6 +33,13 @@ from tvcall.functions.spec import LANGS, FunctionSpec
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
 _CJK = re.compile(r"[\u3400-\u9fff]+")
 NO_FUNCTION = "<none>"  # the classifier's label for out-of-scope utterances
+
+
+class Linker(Protocol):
+    """Entity linking against a catalogue of known values (`tvcall.data.mentions.LexiconLinker`)."""
+
+    def linked_objects(self, text: str) -> frozenset[str]: ...  # the objects taking a value `text` mentions
+    def word_boundaries(self, text: str) -> frozenset[int]: ...  # where words start and end, a mention one word
 
 
 def tokens(text: str) -> list[str]:
@@ -201,7 +208,7 @@ class Retriever:
         self.labels = {(key, lang): _label(specs, lang) for key, specs in groups.items() for lang in LANGS}
         self.index = SparseBM25([tokens(" ".join(p for s in groups[key] for p in _describe(s))) for key in self.objects])
         self.object_sharpness = 1.0  # the object ranking's scores are multiplied by it in the prior (calibrated on dev)
-        self.linker: Callable[[str], frozenset[str]] | None = None  # the objects an utterance's mentions link to
+        self.linker: Linker | None = None
         self.link_weight = 0.0  # added to a linked object's score (calibrated on dev; 0: linking off)
         # How a routed text opens with the previous call in a conversation: (that call, the command). The format is
         # the prompt renderer's (`tvcall.data.prompt.split_context`), which the engines hand in.
@@ -260,7 +267,7 @@ class Retriever:
             by_object[np.isinf(by_object)] = learned.min()  # objects the classifier never saw
             scores = _standardised(by_object) + _standardised(bm25)
         if self.linker is not None and self.link_weight:
-            linked = [self.index_of[key] for key in self.linker(text) if key in self.index_of]
+            linked = [self.index_of[key] for key in self.linker.linked_objects(text) if key in self.index_of]
             scores[linked] += self.link_weight
         return scores
 

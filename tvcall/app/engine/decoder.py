@@ -33,7 +33,16 @@ from typing import Any
 import torch
 from outlines_core import Guide
 
-from tvcall.app.engine.plan import argument_plan, callable_candidates, copied, copy_values, free_occurrence, utterance_spans
+from tvcall.app.engine.plan import (
+    Words,
+    argument_plan,
+    callable_candidates,
+    copied,
+    copy_values,
+    free_occurrence,
+    null_bias_for,
+    utterance_spans,
+)
 from tvcall.app.engine.schema_guide import GuideError, SchemaGuides, admitted, advance
 from tvcall.data import prompt as P
 from tvcall.data.words import word_boundaries
@@ -284,9 +293,11 @@ class ConstrainedDecoder:
         self._key_tries: dict[tuple[str, int], TokenTrie] = {}
         self._value_tries: dict[tuple[Any, ...], TokenTrie] = {}
         self.null_bias = 0.0  # added to the "no function" logit at the name's first token (see tvcall.eval.calibrate)
+        self.followup_null_bias: float | None = None  # the same after a previous call (`plan.null_bias_for`)
         self.prior_weight = 0.0  # how much the name prior counts against the model's own scores (calibrated too)
         self.speculate = True  # run the prior's favourite name with the prompt (`_passes`): same result, fewer passes
         self.draft_copies = True  # check the rest of the utterance in one pass once a copied value starts (`_passes`)
+        self.words: Words = word_boundaries  # where copies may start and end (the engine's: `plan.words_of`)
         word_boundaries("开机")  # load the Chinese segmenter's dictionary now, not in the first request
 
     # --- tries -----------------------------------------------------------------------------------
@@ -352,14 +363,15 @@ class ConstrainedDecoder:
         walk = Walk(pending=list(self._ids(P.NAME_OPEN)))
         names = self.name_trie if candidates is None else self.candidate_trie(candidates)
         null_first = self.names.null_first
-        name, name_logprob = yield from choose(walk, names, bias=(null_first, self.null_bias),
+        bias = null_bias_for(text, self.null_bias, self.followup_null_bias)
+        name, name_logprob = yield from choose(walk, names, bias=(null_first, bias),
                                                      prior=(prior, self.prior_weight) if prior else None)
         logprob = name_logprob
         arguments: dict[str, Any] = {}
         if name is not None and not name_only:
             spec = self.registry[name]
             props = list(spec.properties)
-            plan = argument_plan(spec, text)
+            plan = argument_plan(spec, text, self.words)
             said, available, filled = plan.said, plan.available, plan.filled
             walk.guide, walk.function = self.guides.guide(name), name
             walk.feed(self._ids(P.ARGS_OPEN))
@@ -374,14 +386,14 @@ class ConstrainedDecoder:
                 follow = self.key_trie(spec, position, available, filled).first_tokens()
                 copies = lambda key=key, taken=tuple(taken): copy_values(plan, key, taken)  # noqa: E731
                 value_trie = self.value_trie(spec.properties[key], copies, said.get(key),
-                                             (plan.command, tuple(taken), plan.carried.get(key)))
+                                             (plan.command, plan.bounds, tuple(taken), plan.carried.get(key)))
                 is_copy = copied(spec.properties[key], said.get(key))
                 value, lp = yield from choose(walk, value_trie, follow, drafts=is_copy and self.draft_copies)
                 logprob += lp
                 arguments[key] = value
-                if is_copy and (place := free_occurrence(plan.command, value, taken)):
+                if is_copy and (place := free_occurrence(plan.command, value, taken, plan.bounds)):
                     taken.append(place)
-                    if not utterance_spans(plan.command, taken=taken):  # every word is in a value: no more copies
+                    if not utterance_spans(plan.command, taken=taken, bounds=plan.bounds):  # every word is in a value: no more copies
                         available = frozenset(k for k in available if not copied(spec.properties[k], said.get(k)))
         if walk.guide is not None and not walk.guide.is_finished():
             raise GuideError(f"{name}: the call ended where the schema has not")

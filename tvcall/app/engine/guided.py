@@ -34,16 +34,20 @@ from tvcall.app.engine.base import Engine, RouteResult
 from tvcall.app.engine.decoder import NameTokens, Walk, choose
 from tvcall.app.engine.plan import (
     NameSettings,
+    Words,
     apply_to_retriever,
     arguments_schema,
     callable_candidates,
     conversational,
     load_act_threshold,
     load_calibration,
+    null_bias_for,
     settings_of,
     use_run_retriever,
+    words_of,
 )
 from tvcall.data import prompt as P
+from tvcall.data.words import word_boundaries
 from tvcall.functions.registry import Registry, default_registry
 from tvcall.functions.retrieve import Retriever
 from tvcall.functions.validate import call_errors
@@ -113,14 +117,14 @@ def name_stage(candidates: Sequence[str], none: bool = True, top_logprobs: int =
     return Stage("name", name_schema(every), name_choices(every), NAME_MAX_TOKENS, top_logprobs)
 
 
-def call_schema(registry: Registry, name: str, text: str | None = None) -> dict[str, Any]:
+def call_schema(registry: Registry, name: str, text: str | None = None, words: Words = word_boundaries) -> dict[str, Any]:
     """The whole answer for `name`, its arguments narrowed by the constraint plan for `text` (`plan.arguments_schema`)."""
-    return {"type": "object", "properties": {"name": {"enum": [name]}, "arguments": arguments_schema(registry[name], text)},
+    return {"type": "object", "properties": {"name": {"enum": [name]}, "arguments": arguments_schema(registry[name], text, words)},
             "required": ["name", "arguments"], "additionalProperties": False}
 
 
-def call_stage(registry: Registry, name: str, text: str | None = None) -> Stage:
-    return Stage("call", call_schema(registry, name, text))
+def call_stage(registry: Registry, name: str, text: str | None = None, words: Words = word_boundaries) -> Stage:
+    return Stage("call", call_schema(registry, name, text, words))
 
 
 def needs_arguments(registry: Registry, name: str) -> bool:
@@ -230,6 +234,7 @@ class GuidedEngine(Engine):
         self.copy_spans = copy_spans
         self.prompt_options = True  # as the served model was trained: retrieved objects listed in the prompt
         self.null_bias, self.prior_weight = 0.0, 0.0
+        self.followup_null_bias: float | None = None
         self.names: NameTokens | None = None  # the names in the training tokenizer's ids: the decision is replayed
         self.piece_ids: dict[str, int] = {}
 
@@ -255,11 +260,12 @@ class GuidedEngine(Engine):
 
     @property
     def name_settings(self) -> NameSettings:
-        return settings_of(self.null_bias, self.prior_weight, self.retriever)
+        return settings_of(self.null_bias, self.prior_weight, self.retriever, self.followup_null_bias)
 
     @name_settings.setter
     def name_settings(self, settings: NameSettings) -> None:
         self.null_bias, self.prior_weight = settings.null_bias, settings.prior_weight
+        self.followup_null_bias = settings.followup_null_bias
         apply_to_retriever(settings, self.retriever)
 
     @abstractmethod
@@ -289,7 +295,8 @@ class GuidedEngine(Engine):
         assert self.names is not None
         walk = Walk(pending=[])
         prior = (prompt.prior, self.prior_weight) if prompt.prior else None
-        chooser = choose(walk, self.names.trie(prompt.candidates), bias=(self.names.null_first, self.null_bias), prior=prior)
+        bias = null_bias_for(prompt.text, self.null_bias, self.followup_null_bias)
+        chooser = choose(walk, self.names.trie(prompt.candidates), bias=(self.names.null_first, bias), prior=prior)
         walked: list[int] = []
         path: ServerPath | None = None
         last, requests = Generation(""), 0
@@ -357,7 +364,9 @@ class GuidedEngine(Engine):
         decisions = self.decide_names(prompts)
         errors = [[d.error] if d.error else [] for d in decisions]
         todo = [i for i, d in enumerate(decisions) if d.name is not None and d.name in self.registry and needs_arguments(self.registry, d.name)]
-        second_stages = [call_stage(self.registry, str(decisions[i].name), texts[i] if self.copy_spans else None) for i in todo]
+        words = words_of(self.retriever)
+        second_stages = [call_stage(self.registry, str(decisions[i].name), texts[i] if self.copy_spans else None, words)
+                         for i in todo]
         seconds = dict(zip(todo, self.generate([prompts[i] for i in todo], second_stages), strict=True))
         latency_ms = (time.perf_counter() - started) * 1000
         results = []

@@ -25,6 +25,7 @@ from tvcall.app.engine.plan import (
     load_calibration,
     settings_of,
     use_run_retriever,
+    words_of,
 )
 from tvcall.data.mentions import LexiconLinker
 from tvcall.data.prompt import prompt_ids
@@ -58,7 +59,7 @@ class TransformersEngine(Engine):
         self.max_prompt_tokens = MAX_PROMPT_TOKENS
         self.retriever = conversational(retriever or Retriever(self.registry)) if top_objects else None
         if self.retriever is not None and self.retriever.linker is None:
-            self.retriever.linker = LexiconLinker(self.registry).linked_objects
+            self.retriever.linker = LexiconLinker(self.registry)
         self.tokenizer = tokenizer
         self.backend = backend
         self.model: Any = None  # the transformers model, kept by the "hf" path only
@@ -78,6 +79,7 @@ class TransformersEngine(Engine):
         else:
             raise ValueError(f"unknown backend {backend!r} (fast, hf)")
         self.decoder = ConstrainedDecoder(lm, tokenizer, self.registry)
+        self.decoder.words = lambda text: words_of(self.retriever)(text)  # follows the linker the retriever has now
 
     def calibration_prompts(self, count: int = CALIBRATION_PROMPTS) -> list[list[int]]:
         """Prompts as routing renders them, of a seeded sample of the registry's own descriptions, half in Chinese
@@ -122,11 +124,12 @@ class TransformersEngine(Engine):
 
     @property
     def name_settings(self) -> NameSettings:
-        return settings_of(self.decoder.null_bias, self.decoder.prior_weight, self.retriever)
+        return settings_of(self.decoder.null_bias, self.decoder.prior_weight, self.retriever, self.decoder.followup_null_bias)
 
     @name_settings.setter
     def name_settings(self, settings: NameSettings) -> None:
         self.decoder.null_bias, self.decoder.prior_weight = settings.null_bias, settings.prior_weight
+        self.decoder.followup_null_bias = settings.followup_null_bias
         apply_to_retriever(settings, self.retriever)
 
     def ready_schemas(self) -> float:

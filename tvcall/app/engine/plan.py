@@ -34,6 +34,7 @@ from tvcall.run import RunDir
 if TYPE_CHECKING:
     from tvcall.training.refresh import Refresh
 
+Words = Callable[[str], frozenset[int]]  # an utterance → the offsets where its words start and end
 MAX_COPY_CHARS = 100  # longest string slot value copied from an utterance (SNIPS has playlist names of 99)
 
 
@@ -48,6 +49,13 @@ class NameSettings:
     prior_weight: float = 0.0
     object_sharpness: float = 1.0
     link_weight: float = 0.0  # what a mention of a lexicon value adds to the objects taking it (0: linking off)
+    followup_null_bias: float | None = None  # the bias for a command after a previous call (None: `null_bias`)
+
+
+def null_bias_for(text: str, null_bias: float, followup_null_bias: float | None) -> float:
+    """The abstention bias of a routed text: a follow-up's own where one was chosen. A command read with the previous
+    call weighs abstaining differently (after a call, "even more" is a command; without one, it is not)."""
+    return null_bias if followup_null_bias is None or split_context(text)[0] is None else followup_null_bias
 
 
 def load_calibration(run: RunDir) -> NameSettings:
@@ -56,9 +64,11 @@ def load_calibration(run: RunDir) -> NameSettings:
     if not path.exists():
         return NameSettings()
     chosen = json.loads(path.read_text())
+    followup = chosen.get("followup_null_bias")
     return NameSettings(float(chosen["null_bias"]), float(chosen.get("prior_weight", 0.0)),
                         float(chosen.get("object_sharpness", 1.0)),  # runs calibrated before it: 1
-                        float(chosen.get("link_weight", 0.0)))  # and before linking: off
+                        float(chosen.get("link_weight", 0.0)),  # and before linking: off
+                        None if followup is None else float(followup))
 
 
 def load_act_threshold(run: RunDir) -> float:
@@ -80,17 +90,25 @@ def use_run_retriever(retriever: Retriever, run: RunDir, log: Callable[[str], No
     from tvcall.training.refresh import refresh
 
     if retriever.linker is None:
-        retriever.linker = LexiconLinker(retriever.registry).linked_objects
+        retriever.linker = LexiconLinker(retriever.registry)
     refreshed = refresh(run, retriever.registry, log=log)
     retriever.use_classifier(refreshed.classifier)
     retriever.unseen, retriever.unseen_boost = frozenset(refreshed.new_functions), refreshed.unseen_boost or 0.0
     return refreshed
 
 
-def settings_of(null_bias: float, prior_weight: float, retriever: Retriever | None) -> NameSettings:
-    """An engine's name settings: the decoder's bias and weight, the retriever's sharpness and link weight."""
+def words_of(retriever: Retriever | None) -> Words:
+    """Where an utterance's words start and end for the copy constraint: with a catalogue (the retriever's linker),
+    each value it knows is one word, copied whole or not at all."""
+    linker = retriever.linker if retriever is not None else None
+    return linker.word_boundaries if linker is not None else word_boundaries
+
+
+def settings_of(null_bias: float, prior_weight: float, retriever: Retriever | None,
+                followup_null_bias: float | None = None) -> NameSettings:
+    """An engine's name settings: the decoder's biases and weight, the retriever's sharpness and link weight."""
     sharpness, link = (retriever.object_sharpness, retriever.link_weight) if retriever is not None else (1.0, 0.0)
-    return NameSettings(null_bias, prior_weight, sharpness, link)
+    return NameSettings(null_bias, prior_weight, sharpness, link, followup_null_bias)
 
 
 def apply_to_retriever(settings: NameSettings, retriever: Retriever | None) -> None:
@@ -114,6 +132,7 @@ class ArgumentPlan:
     filled: frozenset[str]  # optional keys that must be filled: their value is said unambiguously
     command: str  # the text values are copied from (without the previous call's line)
     carried: dict[str, Any]  # the previous call's values of this function's parameters, which may be kept
+    bounds: frozenset[int]  # where the command's words start and end: a copied value starts and ends on them
 
 
 def carried_values(spec: FunctionSpec, context: dict[str, Any] | None) -> dict[str, Any]:
@@ -136,9 +155,10 @@ def fits(schema: dict[str, Any], value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_COPY_CHARS
 
 
-def argument_plan(spec: FunctionSpec, text: str) -> ArgumentPlan:
+def argument_plan(spec: FunctionSpec, text: str, words: Words = word_boundaries) -> ArgumentPlan:
     """What the command says for each parameter. A value carried from the previous call is a typed key's value when
-    the command says none (a string key's copy, see `copy_values`), and its key must be filled."""
+    the command says none (a string key's copy, see `copy_values`), and its key must be filled. `words`: where the
+    command's words start and end (`words_of`)."""
     context, command = split_context(text)
     matches = said_matches(spec, command)
     said = {key: values_of(found) for key, found in matches.items()}
@@ -149,13 +169,13 @@ def argument_plan(spec: FunctionSpec, text: str) -> ArgumentPlan:
     available = frozenset(key for key in spec.properties if key not in said or said[key])
     # a carried value stays unless the command says another: "关掉吧" after the kitchen light keeps the kitchen
     kept = frozenset(key for key in carried if not matches.get(key))
-    return ArgumentPlan(said, available, said_keys(spec, matches) | kept, command, carried)
+    return ArgumentPlan(said, available, said_keys(spec, matches) | kept, command, carried, words(command))
 
 
 def copy_values(plan: ArgumentPlan, key: str, taken: Sequence[tuple[int, int]] = ()) -> list[str]:
     """What a copied string may be: spans of the command clear of the `taken` ranges (any span once every word is
     taken: a required key may overlap after all), and the previous call's value of the key."""
-    spans = utterance_spans(plan.command, taken=taken) or utterance_spans(plan.command)
+    spans = utterance_spans(plan.command, taken=taken, bounds=plan.bounds) or utterance_spans(plan.command, bounds=plan.bounds)
     carried = plan.carried.get(key)
     return spans if not isinstance(carried, str) or carried in spans else [*spans, carried]
 
@@ -165,14 +185,14 @@ def copied(schema: dict[str, Any], grounded: list[Any] | None) -> bool:
     return not grounded and "enum" not in schema and schema.get("type") not in ("boolean", "integer")
 
 
-def arguments_schema(spec: FunctionSpec, text: str | None = None) -> dict[str, Any]:
+def arguments_schema(spec: FunctionSpec, text: str | None = None, words: Words = word_boundaries) -> dict[str, Any]:
     """The function's parameter schema without `x-` keys; with `text`, narrowed by its `argument_plan`: keys it cannot
     fill dropped, keys it says required, typed values to those it says, free strings to its spans. (The local decoder
     also keeps two copied values from sharing a word, which a JSON schema cannot say.)"""
     schema = strip_private_keywords(spec.parameters)
     if text is None:
         return schema
-    plan = argument_plan(spec, text)
+    plan = argument_plan(spec, text, words)
     properties: dict[str, Any] = {}
     for key, slot in schema.get("properties", {}).items():
         if key not in plan.available and key not in spec.required:
@@ -186,11 +206,12 @@ def arguments_schema(spec: FunctionSpec, text: str | None = None) -> dict[str, A
     return {**schema, "properties": properties, "required": required}
 
 
-def utterance_spans(text: str, max_chars: int = MAX_COPY_CHARS, taken: Sequence[tuple[int, int]] = ()) -> list[str]:
-    """Every substring that can be a slot value: trimmed, starting and ending on word boundaries (`word_boundaries`:
-    not through an English word, a number or a Chinese word), and with an occurrence that overlaps none of the
-    `taken` character ranges (the values already copied: each word of a command fills one slot at most)."""
-    boundary = word_boundaries(text).__contains__
+def utterance_spans(text: str, max_chars: int = MAX_COPY_CHARS, taken: Sequence[tuple[int, int]] = (),
+                    bounds: frozenset[int] | None = None) -> list[str]:
+    """Every substring that can be a slot value: trimmed, starting and ending on word boundaries (`bounds`, by default
+    `word_boundaries`: not through an English word, a number or a Chinese word), and with an occurrence that overlaps
+    none of the `taken` character ranges (the values already copied: each word of a command fills one slot at most)."""
+    boundary = (word_boundaries(text) if bounds is None else bounds).__contains__
     starts = [i for i in range(len(text)) if boundary(i) and not text[i].isspace()]
     spans = []
     for i in starts:
@@ -205,10 +226,11 @@ def clear_of(start: int, end: int, taken: Sequence[tuple[int, int]]) -> bool:
     return all(end <= a or b <= start for a, b in taken)
 
 
-def free_occurrence(text: str, value: str, taken: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
-    """The first occurrence of `value` in `text` on word boundaries that overlaps none of the `taken` ranges (else
-    the first that overlaps none)."""
-    bounds, found = word_boundaries(text), []
+def free_occurrence(text: str, value: str, taken: Sequence[tuple[int, int]],
+                    bounds: frozenset[int] | None = None) -> tuple[int, int] | None:
+    """The first occurrence of `value` in `text` on word boundaries (`bounds`, as in `utterance_spans`) that overlaps
+    none of the `taken` ranges (else the first that overlaps none)."""
+    bounds, found = word_boundaries(text) if bounds is None else bounds, []
     start = text.find(value)
     while start >= 0:
         end = start + len(value)
