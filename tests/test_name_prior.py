@@ -135,15 +135,20 @@ def test_a_sharper_object_ranking_moves_prior_mass_to_the_first_object(registry)
     assert mass[3.0] > mass[1.0]
 
 
-def test_entity_linking_is_weighed_in_only_when_that_wins_enough_dev_utterances():
+def test_entity_linking_stays_at_its_strongest_unless_a_weaker_weight_wins_enough_dev_utterances():
     golds = ["a.b.c", "a.b.d", "a.b.e", "a.b.f"]
-    answers = {0.0: ["x"] * 4, 1.0: ["a.b.c", "a.b.d", "x", "x"], (1.0, 1.0, 1.0): ["a.b.c", "a.b.d", "a.b.e", "x"],
-               (1.0, 1.0, 2.0): golds}
+    answers = {0.0: ["x"] * 4, 1.0: ["a.b.c", "a.b.d", "x", "x"], (1.0, 1.0, 2.0): ["a.b.c", "a.b.d", "a.b.e", "x"]}
     engine = _FakeEngine(answers)
-    found = calibrate(engine, _records(golds), weights=(0.0, 1.0), sharpness=(1.0,), link_weights=(0.0, 1.0))
-    assert found.link_weight == 0.0 and found.dev_function_accuracy_by_link_weight == {"0.0": 0.5, "1.0": 0.75}
+    found = calibrate(engine, _records(golds), weights=(0.0, 1.0), sharpness=(1.0,), link_weights=(0.0, 2.0))
+    assert (found.link_weight, found.dev_function_accuracy) == (2.0, 0.75) and engine.name_settings.link_weight == 2.0
+    assert found.dev_function_accuracy_by_link_weight == {"0.0": 0.5, "2.0": 0.75}
+    answers[(1.0, 1.0, 2.0)] = ["a.b.c", "x", "x", "x"]  # one dev utterance fewer than no linking: it stays
+    found = calibrate(engine, _records(golds), weights=(0.0, 1.0), sharpness=(1.0,), link_weights=(0.0, 2.0))
+    assert found.link_weight == 2.0
+    answers[(1.0, 1.0, 2.0)] = ["x"] * 4  # two fewer than no linking: a weaker weight that wins them back is taken
+    answers[(1.0, 1.0, 1.0)] = ["a.b.c", "a.b.d", "a.b.e", "x"]
     found = calibrate(engine, _records(golds), weights=(0.0, 1.0), sharpness=(1.0,), link_weights=(0.0, 1.0, 2.0))
-    assert (found.link_weight, found.dev_function_accuracy) == (2.0, 1.0) and engine.name_settings.link_weight == 2.0
+    assert (found.link_weight, found.dev_function_accuracy) == (1.0, 0.75)
 
 
 def test_every_trial_decodes_without_the_bias_chosen_before_it():
