@@ -37,7 +37,7 @@ $(DATA)/manifest.json: $(STAMP)
 data: $(DATA)/manifest.json
 
 train: $(DATA)/manifest.json
-	$(TVCALL) train --config $(CONFIG) --data $(DATA) --out $(RUN)
+	$(TVCALL) train --config $(CONFIG) --data $(DATA) --out $(RUN) --overwrite
 
 eval: $(STAMP)
 	$(TVCALL) eval --run $(RUN) --data $(DATA)
@@ -70,7 +70,7 @@ runs/bench/%/manifest.json: $(STAMP)
 	$(TVCALL) data import --format $(BENCH_FORMAT_$*) $(BENCH_SRC)/$* --out runs/bench/$* --name $*
 
 bench-snips bench-atis bench-cais: bench-%: runs/bench/%/manifest.json
-	$(TVCALL) train --config cpu-default --data runs/bench/$* --out runs/$* --set max_train_minutes=$(BENCH_MINUTES_$*) \
+	$(TVCALL) train --config cpu-default --data runs/bench/$* --out runs/$* --overwrite --set max_train_minutes=$(BENCH_MINUTES_$*) \
 		--set num_train_examples=1000000 --set num_train_epochs=$(BENCH_EPOCHS_$*) \
 		--set "checkpoint_examples=$(BENCH_CHECKPOINTS_$*)"
 	$(TVCALL) eval --run runs/$* --curve

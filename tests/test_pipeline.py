@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from tvcall.cli import main
 from tvcall.run import ADAPTER_DIR, CONFIG_FILE
 
 
@@ -13,7 +14,7 @@ def _tvcall(*args, cwd):
     return subprocess.run([sys.executable, "-m", "tvcall.cli", *args], cwd=cwd, capture_output=True, text=True, check=True)
 
 
-def test_synth_train_eval_route_end_to_end(tmp_path):
+def test_synth_train_eval_route_end_to_end(tmp_path, capsys):
     data, run = tmp_path / "data", tmp_path / "run"
     _tvcall("data", "synth", "--out", str(data), "--train-size", "64", "--dev-size", "8", "--test-size", "12", cwd=tmp_path)
     manifest = json.loads((data / "manifest.json").read_text())
@@ -24,6 +25,9 @@ def test_synth_train_eval_route_end_to_end(tmp_path):
             "--set", "per_device_train_batch_size=8", "--set", "logging_steps=1",
             "--set", "checkpoint_examples=[8]", cwd=tmp_path)
     assert (run / ADAPTER_DIR / "adapter_config.json").exists()
+    trained = (run / ADAPTER_DIR / "adapter_model.safetensors").read_bytes()
+    assert main(["train", "--data", str(data), "--out", str(run)]) == 2  # a trained run is not trained over by accident
+    assert "--overwrite" in capsys.readouterr().err and (run / ADAPTER_DIR / "adapter_model.safetensors").read_bytes() == trained
     config = (run / CONFIG_FILE).read_text()
     assert f"data_version: {manifest['version']}" in config and "steps: 2" in config
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))

@@ -103,8 +103,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         overrides.append(f"output_dir={args.out}")
     if args.init_from:
         overrides.append(f"init_adapter={args.init_from}")
-    run_dir = train(load_config(args.config, overrides))
-    print(run_dir)
+    config = load_config(args.config, overrides)
+    trained = RunDir(Path(config.output_dir))
+    if trained.exists and not args.overwrite:  # a trained run's adapter, calibration and evals would be replaced
+        raise InputError(trained.config_file, None, "--out", "a trained run is here already: choose another --out, or "
+                         "pass --overwrite to train over it")
+    print(train(config))
 
 
 def _engine(run: str, threads: int | None, registry: str | None = None):  # noqa: ANN202 - lazy import keeps `--help` fast
@@ -480,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: the preset's output_dir)")
     p.add_argument("--init-from", metavar="RUN", help="start from this run's LoRA adapter instead of a fresh one (a served "
                    "model trained further on new data; the run's LoRA settings are RUN's)")
+    p.add_argument("--overwrite", action="store_true", help="train over the trained run in the run folder (replaced: its "
+                   "adapter, calibration and checkpoints)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="constrained routing at registry scale: grammar build, latency constrained vs "
