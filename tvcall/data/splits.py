@@ -11,7 +11,7 @@ from typing import Any
 from tvcall.data.compound import CompoundRecord, read_compound, synthesize_compound, write_compound
 from tvcall.data.followups import followup_kind, synthesize_followups
 from tvcall.data.record import Record, read_jsonl, write_atomic, write_jsonl
-from tvcall.data.split_names import ALL_SPLITS, COMPOUND_SPLITS, FOLLOWUP_SPLITS, RECORD_SPLITS
+from tvcall.data.split_names import ALL_SPLITS, COMPOUND_SPLITS, FOLLOWUP_SPLITS, RECORD_SPLITS, split_file
 from tvcall.data.synth import SynthConfig, build_splits
 from tvcall.errors import InputError
 from tvcall.functions.catalog import CATALOG_DIR
@@ -34,12 +34,12 @@ def write_splits(registry: Registry, config: SynthConfig, out_dir: Path, registr
     files: dict[str, Any] = {}
     sizes = config.compound_sizes()
     for split, name in COMPOUND_SPLITS.items():
-        path = out_dir / f"{name}.jsonl"
+        path = split_file(out_dir, name)
         compounds = synthesize_compound(singles[split], split, sizes[split], config.seed)
         files[name] = {"records": write_compound(path, compounds), "sha256": _sha256(path),
                        "calls": {str(n): sum(len(r.calls) == n for r in compounds) for n in (2, 3)}}
     for split, records in splits.items():
-        path = out_dir / f"{split}.jsonl"
+        path = split_file(out_dir, split)
         write_jsonl(path, records)
         files[split] = {"records": len(records), "followups": sum(followup_kind(r) is not None for r in records),
                         "out_of_scope": sum(r.function is None for r in records),
@@ -86,7 +86,7 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
 
 
 def read_compound_split(data_dir: Path, split: str) -> list[CompoundRecord]:
-    path = data_dir / f"{split}.jsonl"
+    path = split_file(data_dir, split)
     if split not in COMPOUND_SPLITS.values():
         raise ValueError(f"unknown compound split {split!r} ({', '.join(COMPOUND_SPLITS.values())})")
     if not path.exists():
@@ -97,7 +97,7 @@ def read_compound_split(data_dir: Path, split: str) -> list[CompoundRecord]:
 def read_split(data_dir: Path, split: str) -> list[Record]:
     if split not in RECORD_SPLITS:
         raise ValueError(f"unknown split {split!r} ({', '.join(ALL_SPLITS)}; compound ones: `read_compound_split`)")
-    path = data_dir / f"{split}.jsonl"
+    path = split_file(data_dir, split)
     if not path.exists():
         hint = "it has no follow-ups: synthesise the data again" if split in FOLLOWUP_SPLITS.values() else "run `tvcall data synth` first"
         raise InputError(path, None, "split", f"missing: {hint}")

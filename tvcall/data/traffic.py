@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from tvcall.data.record import Record, Span, write_atomic, write_jsonl
+from tvcall.data.split_names import split_file
 from tvcall.data.splits import MANIFEST
 from tvcall.errors import InputError
 from tvcall.functions.registry import Registry
@@ -250,7 +251,7 @@ def export(path: Path, out: Path, include_teacher: bool = False, shares: dict[st
         splits[split], start = records[start:end], end
     files = {}
     for split, chosen in splits.items():
-        file = out / f"{split}.jsonl"
+        file = split_file(out, split)
         write_jsonl(file, chosen)
         files[split] = {"records": len(chosen), "out_of_scope": sum(r.function is None for r in chosen),
                         "functions": len({r.function for r in chosen if r.function}),

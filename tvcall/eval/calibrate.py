@@ -25,7 +25,7 @@ from tvcall.app.engine.hf_engine import TransformersEngine
 from tvcall.app.engine.plan import NameSettings
 from tvcall.data.prompt import split_context
 from tvcall.data.record import Record, write_atomic
-from tvcall.data.split_names import FOLLOWUP_SPLITS
+from tvcall.data.split_names import FOLLOWUP_SPLITS, split_file
 from tvcall.data.splits import read_split
 from tvcall.eval.acting import Acting, acting_at, calls_and_hits, choose_act_threshold
 from tvcall.eval.runner import predict
@@ -166,8 +166,7 @@ def ensure_calibrated(engine: TransformersEngine, run_dir: Path, data_dir: Path)
     act threshold or the follow-up bias existed gets only what it lacks. False when the run was calibrated already."""
     path = RunDir(run_dir).calibration_file
     kept = json.loads(path.read_text()) if path.exists() else None
-    followup_dev = data_dir / f"{FOLLOWUP_SPLITS['dev']}.jsonl"
-    lacks_followups = followup_dev.exists() and (kept is None or "followup_null_bias" not in kept)
+    lacks_followups = split_file(data_dir, FOLLOWUP_SPLITS["dev"]).exists() and (kept is None or "followup_null_bias" not in kept)
     if kept is not None and "act_threshold" in kept and not lacks_followups:
         return False
     dev = read_split(data_dir, "dev")

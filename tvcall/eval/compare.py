@@ -15,6 +15,7 @@ from seqeval.metrics.sequence_labeling import get_entities
 
 from tvcall.data.grounding import value_surfaces
 from tvcall.data.record import Record, Span, json_lines
+from tvcall.data.split_names import split_file
 from tvcall.data.splits import read_split
 from tvcall.errors import InputError
 from tvcall.eval.metrics import Prediction, bio_tags, exact
@@ -131,11 +132,11 @@ def _located_record(row: dict[str, Any], registry: Registry) -> Record:
 def gold_records(rows: list[dict[str, Any]], data_dir: Path | None, split: str, registry: Registry) -> tuple[list[Record], str]:
     """The split's records when `data_dir` holds them for these utterances (their annotated spans, as `tvcall eval`
     scored); else records rebuilt from the prediction lines."""
-    if data_dir is not None and (data_dir / f"{split}.jsonl").exists():
+    if data_dir is not None and split_file(data_dir, split).exists():
         by_id = {r.id: r for r in read_split(data_dir, split)}
         found = [by_id.get(row["id"]) for row in rows]
         if all(r is not None and r.text == row["text"] and r.function == row["gold"]["name"] for r, row in zip(found, rows, strict=True)):
-            return [r for r in found if r is not None], str(data_dir / f"{split}.jsonl")
+            return [r for r in found if r is not None], str(split_file(data_dir, split))
     return [_located_record(row, registry) for row in rows], "located from the gold values (no matching data folder)"
 
 

@@ -14,7 +14,7 @@ from tvcall.data.importers.catalog import CATALOG_DIR, LEXICON_DIR, load_benchma
 from tvcall.data.importers.convert import Converted, convert, identifier, stratified_split, unknown_function
 from tvcall.data.importers.readers import Example, read_bio, read_chat, read_conll, read_smp2019
 from tvcall.data.record import write_atomic, write_jsonl
-from tvcall.data.split_names import SPLITS
+from tvcall.data.split_names import SPLITS, split_file
 from tvcall.data.splits import MANIFEST
 from tvcall.errors import InputError
 
@@ -66,7 +66,7 @@ def write_splits(converted: Converted, out: Path) -> dict[str, Any]:
     files: dict[str, Any] = {}
     for split in SPLITS:
         records = converted.records[split]
-        path = out / f"{split}.jsonl"
+        path = split_file(out, split)
         write_jsonl(path, records)
         files[split] = {
             "records": len(records), "out_of_scope": sum(r.function is None for r in records),
